@@ -1,0 +1,25 @@
+# Every target sets itself up on a fresh machine: a virtual environment in .venv with the CPU
+# build of torch (pinned: an unpinned torch pulls a multi-GB CUDA build) and the project.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install test demo lint
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[cpu,test]"
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+demo: install
+	$(BIN)/timesclip-darts demo

@@ -1,0 +1,36 @@
+"""Shared fixtures: the real ETT data beside the repo and small CLIP backbones."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("TIMESCLIP_DATA_DIR", ROOT.parent / "shared" / "data" / "ETT"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def etth1() -> pd.DataFrame:
+    path = DATA_DIR / "ETTh1.csv"
+    if not path.is_file():
+        pytest.fail(f"real ETT data not found at {path}; set TIMESCLIP_DATA_DIR")
+    return pd.read_csv(path, parse_dates=["date"])
+
+
+@pytest.fixture(scope="session")
+def etth1_train_values(etth1: pd.DataFrame) -> torch.Tensor:
+    """Standard-scaled ETTh1 train rows [0, 8640) as float32 ``[rows, 7]``."""
+    train = etth1.iloc[:8640, 1:].to_numpy()
+    scaled = (train - train.mean(0)) / train.std(0)
+    return torch.tensor(scaled, dtype=torch.float32)
+
+
+def windows(values: torch.Tensor, starts: list[int], length: int) -> torch.Tensor:
+    """Stack windows ``values[s : s + length]`` -> ``[len(starts), length, N]``."""
+    return torch.stack([values[s : s + length] for s in starts])

@@ -1,0 +1,71 @@
+"""The torch rasteriser: shapes, device, dtype, and agreement with the matplotlib reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import windows
+from timesclip_darts.preprocessor import instance_normalize
+from timesclip_darts.rendering import (
+    MatplotlibRenderer,
+    clip_normalize,
+    render_windows,
+    variate_colors,
+)
+
+
+def test_shapes_dtype_device_and_range() -> None:
+    x = torch.randn(3, 40, 5, dtype=torch.float64)
+    images = render_windows(x, 32)
+    assert images.shape == (3, 5, 3, 32, 32)
+    assert images.dtype == torch.float32 and images.device == x.device
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    assert (images < 0.99).any() and (images == 1.0).any()  # a line on a white background
+
+
+def test_each_variate_has_its_fixed_colour() -> None:
+    images = render_windows(torch.randn(2, 40, 3), 32)
+    colors = variate_colors(3)
+    for j in range(3):
+        img = images[0, j]
+        darkest = img.sum(0).flatten().argmin()
+        pixel = img.flatten(1)[:, darkest]
+        torch.testing.assert_close(pixel, colors[j], atol=0.08, rtol=0)
+
+
+def test_constant_window_draws_a_flat_line_in_the_middle() -> None:
+    images = render_windows(torch.zeros(1, 40, 1), 32)
+    ink = (1 - images[0, 0].mean(0)).mean(1)  # ink per row
+    assert ink.argmax().item() in (15, 16)
+
+
+def test_clip_normalisation_of_white() -> None:
+    white = clip_normalize(torch.ones(1, 3, 2, 2))
+    expected = (1 - torch.tensor([0.48145466, 0.4578275, 0.40821073])) / torch.tensor(
+        [0.26862954, 0.26130258, 0.27577711]
+    )
+    torch.testing.assert_close(white[0, :, 0, 0], expected)
+
+
+@pytest.mark.parametrize("image_size", [64, 224])
+def test_agrees_with_matplotlib_on_real_etth1_windows(
+    etth1_train_values: torch.Tensor, image_size: int
+) -> None:
+    x, _ = instance_normalize(windows(etth1_train_values, [0, 1000, 4321, 8000], 96))
+    ours = render_windows(x, image_size).numpy()
+    reference = MatplotlibRenderer(image_size).render_windows(x)
+    ink_ours, ink_ref = 1 - ours.reshape(-1), 1 - reference.reshape(-1)
+    assert np.corrcoef(ink_ours, ink_ref)[0, 1] >= 0.98
+    per_image = [
+        np.corrcoef(1 - ours[i, j].ravel(), 1 - reference[i, j].ravel())[0, 1]
+        for i in range(x.shape[0])
+        for j in range(x.shape[2])
+    ]
+    assert min(per_image) >= 0.97
+
+
+def test_rejects_single_step_windows() -> None:
+    with pytest.raises(ValueError, match="at least 2 time steps"):
+        render_windows(torch.zeros(1, 1, 1), 32)
