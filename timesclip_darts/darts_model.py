@@ -1,0 +1,430 @@
+"""TimesCLIPModel: TimesCLIP as a Darts ``PastCovariatesTorchModel`` and its Lightning module.
+
+Laid out like Darts' own models (TiDE, TSMixer): a ``PLForecastingModule`` whose ``forward`` runs
+under ``@io_processor``, and a model class that reads sizes from the first training sample in
+``_create_model``. Differences from a plain Darts model, each deliberate:
+
+- the training loss is Darts' forecasting loss plus ``lambda_align`` x InfoNCE (both logged); the
+  validation loss, which early stopping watches, is the forecasting loss alone;
+- the default optimiser is the paper's: AdamW, the pretrained CLIP text encoder at a tenth of the
+  learning rate of the new parts, cosine decay to 0 over ``n_epochs``; user ``optimizer_cls``,
+  ``optimizer_kwargs`` and ``lr_scheduler_cls`` win;
+- likelihood parameters are de-normalised per kind: locations (and quantiles) affinely with the
+  window's mean and std, scales multiplied by the std.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from darts.logging import raise_log
+from darts.models.forecasting.pl_forecasting_module import PLForecastingModule, io_processor
+from darts.models.forecasting.torch_forecasting_model import PastCovariatesTorchModel
+from darts.utils.data.torch_datasets.utils import (
+    ModuleStage,
+    PLModuleInput,
+    PLModuleOutput,
+    TorchTrainingSample,
+)
+from darts.utils.likelihood_models.torch import (
+    CauchyLikelihood,
+    GaussianLikelihood,
+    GumbelLikelihood,
+    LaplaceLikelihood,
+    QuantileRegression,
+    TorchLikelihood,
+)
+
+from timesclip_darts.backbones import DEFAULT_CLIP_MODEL
+from timesclip_darts.data import check_no_gaps
+from timesclip_darts.timesclip import TimesCLIP
+
+logger = logging.getLogger(__name__)
+
+# Lightning announces devices ("GPU available: ...") and product tips through this logger on every
+# fit and predict. Keep its warnings, drop the chatter, unless the user configured it already.
+_lightning_info = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+if _lightning_info.level == logging.NOTSET:
+    _lightning_info.setLevel(logging.WARNING)
+# The frozen ViT is in eval mode on purpose; an empty val loader list is Darts' normal case.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+# Likelihoods whose parameters are (location, softplus-scale): the location is de-normalised
+# affinely and the scale multiplied by the window's std.
+_LOCATION_SCALE = (GaussianLikelihood, LaplaceLikelihood, CauchyLikelihood, GumbelLikelihood)
+SUPPORTED_LIKELIHOODS = ("QuantileRegression",) + tuple(c.__name__ for c in _LOCATION_SCALE)
+# The pretrained text encoder trains at this fraction of the main learning rate (paper: 1e-4 vs
+# 1e-3) unless ``text_encoder_lr`` is given.
+TEXT_ENCODER_LR_RATIO = 0.1
+DEFAULT_LR = 1e-3
+
+
+def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
+    y = y.clamp_min(1e-8)
+    return y + torch.log(-torch.expm1(-y))
+
+
+def denormalize_parameters(
+    y_norm: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, likelihood: TorchLikelihood | None
+) -> torch.Tensor:
+    """De-normalise the head output ``[B, N, H, P]`` with per-variate mean and std ``[B, N, 1]``.
+
+    Point forecasts and quantiles: ``y * std + mean``. Location/scale likelihoods: the location
+    likewise, and the raw scale so that ``softplus(raw)`` is multiplied by ``std``.
+    """
+    mean, std = mean[..., None], std[..., None]
+    if likelihood is None or isinstance(likelihood, QuantileRegression):
+        return y_norm * std + mean
+    loc = y_norm[..., :1] * std + mean
+    scale = _inverse_softplus(F.softplus(y_norm[..., 1:2]) * std)
+    return torch.cat([loc, scale, y_norm[..., 2:]], dim=-1)
+
+
+class _TimesCLIPModule(PLForecastingModule):
+    def __init__(
+        self,
+        n_targets: int,
+        n_covariates: int,
+        nr_params: int,
+        clip_model_name: str,
+        patch_length: int,
+        stride: int,
+        d_model: int,
+        n_heads: int,
+        temperature: float,
+        image_size: int | None,
+        line_width: float | None,
+        dropout: float,
+        lambda_align: float,
+        text_encoder_lr: float | None,
+        vision_projection_lr: float | None,
+        **kwargs: Any,
+    ) -> None:
+        """Lightning module around :class:`TimesCLIP`; past covariates are extra input variates."""
+        super().__init__(**kwargs)
+        self.n_targets = n_targets
+        self.lambda_align = lambda_align
+        self.text_encoder_lr = text_encoder_lr
+        self.vision_projection_lr = vision_projection_lr
+        self.core = TimesCLIP(
+            time_steps=self.input_chunk_length,
+            n_variates=n_targets + n_covariates,
+            prediction_steps=self.output_chunk_length,
+            patch_length=patch_length,
+            stride=stride,
+            d_model=d_model,
+            n_heads=n_heads,
+            temperature=temperature,
+            image_size=image_size,
+            clip_model_name=clip_model_name,
+            n_targets=n_targets,
+            n_params=nr_params,
+            dropout=dropout,
+            line_width=line_width,
+        )
+
+    @io_processor
+    def forward(self, x_in: PLModuleInput) -> PLModuleOutput:
+        """Forecast ``(batch, output_chunk_length, n_targets, nr_params)``.
+
+        In the training stage the InfoNCE loss travels in ``PLModuleOutput.state`` to
+        ``_train_val_step`` (no other stage sets it, so no prediction loop ever sees it).
+        """
+        x = x_in.concatenate_past_features()
+        with_alignment = x_in.stage == ModuleStage.TRAIN and self.lambda_align > 0
+        out = self.core.forward_detailed(x, return_loss=with_alignment)
+        n = self.n_targets
+        mean = out.stats.mean[..., :n].transpose(1, 2)
+        std = out.stats.std[..., :n].transpose(1, 2)
+        params = denormalize_parameters(out.forecast_normalized, mean, std, self.likelihood)
+        return PLModuleOutput(prediction=params.permute(0, 2, 1, 3), state=out.contrastive_loss)
+
+    def _train_val_step(self, batch, stage: ModuleStage, criterion, metrics) -> torch.Tensor:
+        output = self(batch.to_module_input(stage=stage))
+        loss = self._compute_loss(output, batch.future_target, criterion, batch.sample_weight)
+        batch_size = batch.past_target.shape[0]
+        if output.state is not None:
+            self.log("train_forecast_loss", loss, batch_size=batch_size, sync_dist=True)
+            self.log("train_alignment_loss", output.state, batch_size=batch_size, sync_dist=True)
+            loss = loss + self.lambda_align * output.state
+        self.log(f"{stage.value}_loss", loss, batch_size=batch_size, prog_bar=True, sync_dist=True)
+        self._update_metrics(output.replace(state=None), batch.future_target, metrics)
+        return loss
+
+    def configure_optimizers(self):
+        lr = self.optimizer_kwargs.get("lr", DEFAULT_LR)
+        groups = self.core.get_parameter_groups(
+            lr_vision=self.vision_projection_lr or lr,
+            lr_other=lr,
+            lr_text=self.text_encoder_lr or lr * TEXT_ENCODER_LR_RATIO,
+        )
+        # Darts builds the optimiser from `self.parameters()`. Hand it the parameter groups
+        # instead, so that scheduler set-up, its defaults and its error messages stay Darts' own.
+        self.parameters = lambda recurse=True: groups
+        try:
+            return super().configure_optimizers()
+        finally:
+            del self.parameters
+
+
+class TimesCLIPModel(PastCovariatesTorchModel):
+    def __init__(
+        self,
+        input_chunk_length: int,
+        output_chunk_length: int,
+        output_chunk_shift: int = 0,
+        clip_model_name: str = DEFAULT_CLIP_MODEL,
+        patch_length: int = 16,
+        stride: int = 8,
+        d_model: int = 512,
+        n_heads: int = 8,
+        temperature: float = 0.07,
+        image_size: int | None = None,
+        line_width: float | None = None,
+        dropout: float = 0.1,
+        lambda_align: float = 0.1,
+        text_encoder_lr: float | None = None,
+        vision_projection_lr: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """TimesCLIP: time series seen as line plots by a frozen CLIP vision encoder and read as
+        patch "words" by a fine-tuned CLIP text encoder, aligned contrastively, with
+        cross-attention variate selection and a generator over the fused tokens.
+
+        All target components and past covariates are model inputs (each gets its own image and
+        tokens and takes part in variate selection and alignment); only targets are forecast.
+
+        Parameters
+        ----------
+        input_chunk_length
+            Look-back window length.
+        output_chunk_length
+            Steps forecast per forward pass.
+        output_chunk_shift
+            Steps between the end of the input window and the start of the forecast.
+        clip_model_name
+            Hugging Face id, local ``save_pretrained`` folder, or preset (``"tiny"``,
+            ``"small"``: random weights, not pretrained).
+        patch_length, stride
+            Patching of the language branch.
+        d_model, n_heads
+            Token width; heads of the variate-selection attention.
+        temperature
+            InfoNCE temperature.
+        image_size, line_width
+            Rendered image side (ViT native size by default) and line width in pixels.
+        dropout
+            Dropout in the trainable parts.
+        lambda_align
+            Weight of the InfoNCE loss added to the forecasting loss in training (0 disables it).
+        text_encoder_lr
+            Learning rate of the CLIP text encoder; default a tenth of ``optimizer_kwargs["lr"]``.
+        vision_projection_lr
+            Learning rate of the vision projection; default ``optimizer_kwargs["lr"]``.
+        **kwargs
+            Darts' ``TorchForecastingModel`` arguments (``batch_size``, ``n_epochs``,
+            ``likelihood``, ``loss_fn``, ``optimizer_cls``, ``optimizer_kwargs``,
+            ``lr_scheduler_cls``, ``lr_scheduler_kwargs``, ``pl_trainer_kwargs``,
+            ``random_state``, ``use_reversible_instance_norm``, ...). Defaults differ in two
+            places: ``optimizer_cls=torch.optim.AdamW`` with ``lr=1e-3``, and a cosine decay to 0
+            over ``n_epochs`` when no ``lr_scheduler_cls`` is given.
+        """
+        super().__init__(**self._extract_torch_model_params(**self.model_params))
+        self.pl_module_params = self._extract_pl_module_params(**self.model_params)
+        likelihood = self.pl_module_params.get("likelihood")
+        if likelihood is not None and not isinstance(
+            likelihood, (QuantileRegression, *_LOCATION_SCALE)
+        ):
+            raise_log(
+                ValueError(
+                    f"TimesCLIPModel does not support {type(likelihood).__name__}: its forecast "
+                    "is de-normalised per window, which is defined for location/scale and "
+                    f"quantile outputs. Supported likelihoods: {', '.join(SUPPORTED_LIKELIHOODS)}."
+                ),
+            )
+        self.pl_module_params.setdefault("optimizer_cls", torch.optim.AdamW)
+        self.pl_module_params.setdefault("optimizer_kwargs", {"lr": DEFAULT_LR})
+        if self.pl_module_params.get("lr_scheduler_cls") is None:
+            self.pl_module_params["lr_scheduler_cls"] = torch.optim.lr_scheduler.CosineAnnealingLR
+            self.pl_module_params["lr_scheduler_kwargs"] = {"T_max": self.n_epochs, "eta_min": 0.0}
+        self.clip_model_name = clip_model_name
+        self.patch_length = patch_length
+        self.stride = stride
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.temperature = temperature
+        self.image_size = image_size
+        self.line_width = line_width
+        self.dropout = dropout
+        self.lambda_align = lambda_align
+        self.text_encoder_lr = text_encoder_lr
+        self.vision_projection_lr = vision_projection_lr
+
+    def _create_model(self, train_sample: TorchTrainingSample) -> PLForecastingModule:
+        past_covariates = train_sample.past_covariates
+        return _TimesCLIPModule(
+            n_targets=train_sample.past_target.shape[1],
+            n_covariates=past_covariates.shape[1] if past_covariates is not None else 0,
+            nr_params=1 if self.likelihood is None else self.likelihood.num_parameters,
+            clip_model_name=self.clip_model_name,
+            patch_length=self.patch_length,
+            stride=self.stride,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            temperature=self.temperature,
+            image_size=self.image_size,
+            line_width=self.line_width,
+            dropout=self.dropout,
+            lambda_align=self.lambda_align,
+            text_encoder_lr=self.text_encoder_lr,
+            vision_projection_lr=self.vision_projection_lr,
+            **self.pl_module_params,
+        )
+
+    @property
+    def supports_static_covariates(self) -> bool:
+        return False
+
+    @property
+    def supports_multivariate(self) -> bool:
+        return True
+
+    @property
+    def supports_probabilistic_prediction(self) -> bool:
+        return self.likelihood is not None
+
+    @property
+    def core(self) -> TimesCLIP:
+        """The trained :class:`TimesCLIP` network (after ``fit`` or ``load``)."""
+        if self.model is None:
+            raise ValueError("the model has not been fitted or loaded yet")
+        return self.model.core
+
+    # Darts trains on NaNs silently and never compares frequencies: check both up front, saying
+    # where the gap is and which frequencies differ.
+    def fit(
+        self,
+        series,
+        past_covariates=None,
+        future_covariates=None,
+        val_series=None,
+        val_past_covariates=None,
+        val_future_covariates=None,
+        *args,
+        **kwargs,
+    ):
+        for role, value in (
+            ("series", series),
+            ("past_covariates", past_covariates),
+            ("val_series", val_series),
+            ("val_past_covariates", val_past_covariates),
+        ):
+            _check_series(value, role)
+        freqs = {s.freq for s in _as_list(series)}
+        self.training_freq = freqs.pop() if len(freqs) == 1 else None
+        return super().fit(
+            series,
+            past_covariates,
+            future_covariates,
+            val_series,
+            val_past_covariates,
+            val_future_covariates,
+            *args,
+            **kwargs,
+        )
+
+    def predict(
+        self, n, series=None, past_covariates=None, future_covariates=None, *args, **kwargs
+    ):
+        for role, value in (("series", series), ("past_covariates", past_covariates)):
+            _check_series(value, role, getattr(self, "training_freq", None))
+        return super().predict(n, series, past_covariates, future_covariates, *args, **kwargs)
+
+    # Darts' data loaders pin memory unconditionally; on a CPU-only machine torch then warns on
+    # every fit and predict. Pin only when CUDA is there, unless the caller says otherwise.
+    def _setup_for_train(
+        self,
+        train_dataset,
+        val_dataset=None,
+        trainer=None,
+        verbose=None,
+        epochs=0,
+        dataloader_kwargs=None,
+        load_best=False,
+    ):
+        return super()._setup_for_train(
+            train_dataset,
+            val_dataset,
+            trainer,
+            verbose,
+            epochs,
+            _default_pin_memory(dataloader_kwargs),
+            load_best,
+        )
+
+    def predict_from_dataset(
+        self,
+        n,
+        dataset,
+        trainer=None,
+        batch_size=None,
+        verbose=None,
+        n_jobs=1,
+        roll_size=None,
+        num_samples=1,
+        dataloader_kwargs=None,
+        mc_dropout=False,
+        predict_likelihood_parameters=False,
+        random_state=None,
+        values_only=False,
+    ):
+        return super().predict_from_dataset(
+            n,
+            dataset,
+            trainer,
+            batch_size,
+            verbose,
+            n_jobs,
+            roll_size,
+            num_samples,
+            _default_pin_memory(dataloader_kwargs),
+            mc_dropout,
+            predict_likelihood_parameters,
+            random_state,
+            values_only,
+        )
+
+    def to_onnx(self, path: str | None = None, **kwargs: Any) -> None:
+        raise NotImplementedError(
+            "TimesCLIPModel cannot go through Darts' single-graph `to_onnx()`: its vision path "
+            "renders images and runs a frozen ViT in torch. Use the project's export step "
+            "instead (`timesclip-darts export MODEL_PATH OUT_DIR`), which writes the text and "
+            "fusion ONNX graphs plus the torch vision path."
+        )
+
+
+def _as_list(series) -> list:
+    if series is None:
+        return []
+    return list(series) if isinstance(series, (list, tuple)) else [series]
+
+
+def _check_series(series, role: str, expected_freq=None) -> None:
+    for i, one in enumerate(_as_list(series)):
+        label = role if not isinstance(series, (list, tuple)) else f"{role}[{i}]"
+        check_no_gaps(one, label)
+        if expected_freq is not None and one.freq != expected_freq:
+            raise ValueError(
+                f"{label} has frequency {one.freq_str!r} but the model was trained on series of "
+                f"frequency {getattr(expected_freq, 'freqstr', expected_freq)!r}"
+            )
+
+
+def _default_pin_memory(dataloader_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    return {"pin_memory": torch.cuda.is_available(), **(dataloader_kwargs or {})}
