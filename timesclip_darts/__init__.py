@@ -1,28 +1,28 @@
-"""TimesCLIP forecasting as a Darts model."""
+"""TimesCLIP forecasting as a Darts model.
 
-from darts.utils.serialization import add_safe_globals
+Imports are lazy: ``timesclip_darts.rendering`` and friends need only torch, so the deployment
+runtime can use them without pulling in Darts, Lightning or transformers.
+"""
 
-from timesclip_darts.backbones import (
-    DEFAULT_CLIP_MODEL,
-    PRESETS,
-    BackboneInfo,
-    BackboneUnavailableError,
-    load_clip_towers,
-)
-from timesclip_darts.darts_model import TimesCLIPModel, _TimesCLIPModule
-from timesclip_darts.timesclip import TimesCLIP, TimesCLIPOutput
+from __future__ import annotations
 
-# Darts 0.48 loads checkpoints safely and refuses classes outside `darts.`: allow-list ours so
-# that `TimesCLIPModel.load(path)` works without `trusted=True`.
-add_safe_globals([TimesCLIPModel, _TimesCLIPModule])
+import importlib
+from typing import Any
 
-__all__ = [
-    "DEFAULT_CLIP_MODEL",
-    "PRESETS",
-    "BackboneInfo",
-    "BackboneUnavailableError",
-    "TimesCLIP",
-    "TimesCLIPModel",
-    "TimesCLIPOutput",
-    "load_clip_towers",
-]
+_EXPORTS = {
+    "DEFAULT_CLIP_MODEL": "timesclip_darts.backbones",
+    "PRESETS": "timesclip_darts.backbones",
+    "BackboneInfo": "timesclip_darts.backbones",
+    "BackboneUnavailableError": "timesclip_darts.backbones",
+    "load_clip_towers": "timesclip_darts.backbones",
+    "TimesCLIP": "timesclip_darts.timesclip",
+    "TimesCLIPOutput": "timesclip_darts.timesclip",
+    "TimesCLIPModel": "timesclip_darts.darts_model",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'timesclip_darts' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -38,6 +38,7 @@ from darts.utils.likelihood_models.torch import (
     QuantileRegression,
     TorchLikelihood,
 )
+from darts.utils.serialization import add_safe_globals
 
 from timesclip_darts.backbones import DEFAULT_CLIP_MODEL
 from timesclip_darts.data import check_no_gaps
@@ -327,7 +328,11 @@ class TimesCLIPModel(PastCovariatesTorchModel):
         ):
             _check_series(value, role)
         freqs = {s.freq for s in _as_list(series)}
+        # Kept for predict-time checks and for the export manifest.
         self.training_freq = freqs.pop() if len(freqs) == 1 else None
+        self.target_components = list(_as_list(series)[0].components)
+        covariates = _as_list(past_covariates)
+        self.past_covariate_components = list(covariates[0].components) if covariates else []
         return super().fit(
             series,
             past_covariates,
@@ -428,3 +433,8 @@ def _check_series(series, role: str, expected_freq=None) -> None:
 
 def _default_pin_memory(dataloader_kwargs: dict[str, Any] | None) -> dict[str, Any]:
     return {"pin_memory": torch.cuda.is_available(), **(dataloader_kwargs or {})}
+
+
+# Darts 0.48 loads checkpoints safely and refuses classes outside `darts.`: allow-list ours so
+# that `TimesCLIPModel.load(path)` works without `trusted=True`.
+add_safe_globals([TimesCLIPModel, _TimesCLIPModule])

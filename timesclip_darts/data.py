@@ -13,6 +13,7 @@ from darts import TimeSeries
 from darts.dataprocessing.transformers import Scaler
 from darts.datasets import ETTh1Dataset, ETTh2Dataset, ETTm1Dataset, ETTm2Dataset
 from darts.datasets.dataset_loaders import DatasetLoader
+from sklearn.preprocessing import StandardScaler
 
 ETT_DATASETS = {
     "ETTh1": ETTh1Dataset,
@@ -80,9 +81,34 @@ def ett_splits(series: TimeSeries, name: str, input_chunk_length: int) -> Splits
     train = series[: 12 * month]
     val = series[12 * month - input_chunk_length : 16 * month]
     test = series[16 * month - input_chunk_length : 20 * month]
-    scaler = Scaler()  # sklearn's StandardScaler by default
+    scaler = Scaler(StandardScaler())
     train = scaler.fit_transform(train)
     return Splits(train, scaler.transform(val), scaler.transform(test), scaler)
+
+
+def save_scaler_json(scaler: Scaler, components: list[str], path: str | Path) -> None:
+    """Write a fitted StandardScaler as JSON (``components``, ``mean``, ``scale``): readable by
+    the deployment runtime without Darts, sklearn or pickle."""
+    import json
+
+    fitted = scaler._fitted_params[0]
+    payload = {
+        "kind": "standard",
+        "components": list(components),
+        "mean": [float(v) for v in fitted.mean_],
+        "scale": [float(v) for v in fitted.scale_],
+    }
+    Path(path).write_text(json.dumps(payload, indent=2))
+
+
+def load_scaler_json(path: str | Path) -> dict:
+    """Read what :func:`save_scaler_json` wrote."""
+    import json
+
+    payload = json.loads(Path(path).read_text())
+    if payload.get("kind") != "standard" or len(payload["mean"]) != len(payload["components"]):
+        raise DataError(f"{path} is not a scaler file written by timesclip-darts")
+    return payload
 
 
 def load_csv(
