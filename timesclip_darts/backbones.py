@@ -164,7 +164,7 @@ def load_clip_towers(name_or_path: str = DEFAULT_CLIP_MODEL) -> ClipTowers:
         except (OSError, ValueError, KeyError) as err:
             raise BackboneUnavailableError(f"could not load CLIP from '{path}': {err}") from err
         return ClipTowers(vision, text, BackboneInfo(str(path), "local", pretrained=True))
-    if "/" not in name_or_path and not name_or_path.startswith("openai"):
+    if "/" not in name_or_path:
         raise BackboneUnavailableError(
             f"'{name_or_path}' is neither a preset ({sorted(PRESETS)}), an existing folder, "
             "nor a Hugging Face id of the form 'owner/name'"
