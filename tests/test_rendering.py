@@ -69,3 +69,12 @@ def test_agrees_with_matplotlib_on_real_etth1_windows(
 def test_rejects_single_step_windows() -> None:
     with pytest.raises(ValueError, match="at least 2 time steps"):
         render_windows(torch.zeros(1, 1, 1), 32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_images_equal_cpu_images() -> None:
+    x = torch.randn(4, 96, 3).cumsum(1)
+    on_cpu = render_windows(x, 64)
+    on_gpu = render_windows(x.cuda(), 64)
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, atol=1e-4, rtol=0)
