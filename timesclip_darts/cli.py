@@ -15,27 +15,11 @@ import numpy as np
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-class ModelFileError(ValueError):
-    """A model file that is missing, truncated, corrupt or of another kind."""
-
-
-# --------------------------------------------------------------------------- shared helpers
 def load_model(path: str | Path):
-    """``TimesCLIPModel.load`` with one clear error for every way the file can be unusable."""
+    """``TimesCLIPModel.load``: every unusable file is a ``ModelFileError`` naming the problem."""
     from timesclip_darts.darts_model import TimesCLIPModel
 
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"model file {path} does not exist")
-    if not Path(f"{path}.ckpt").is_file():
-        raise ModelFileError(f"{path}.ckpt (the weights saved beside {path.name}) is missing")
-    try:
-        return TimesCLIPModel.load(str(path))
-    except Exception as err:  # unpickling and torch raise many unrelated types for bad files
-        raise ModelFileError(
-            f"could not load a TimesCLIPModel from {path}: the file or its .ckpt is truncated, "
-            f"corrupt or of another kind ({type(err).__name__}: {err})"
-        ) from err
+    return TimesCLIPModel.load(str(path))
 
 
 def scaler_path(model_path: str | Path) -> Path:

@@ -16,7 +16,11 @@ under ``@io_processor``, and a model class that reads sizes from the first train
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,6 +59,11 @@ if _lightning_info.level == logging.NOTSET:
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
+class ModelFileError(ValueError):
+    """A saved model that is missing, truncated, corrupt or of another kind."""
+
 
 # Likelihoods whose parameters are (location, softplus-scale): the location is de-normalised
 # affinely and the scale multiplied by the window's std.
@@ -306,6 +315,54 @@ class TimesCLIPModel(PastCovariatesTorchModel):
         if self.model is None:
             raise ValueError("the model has not been fitted or loaded yet")
         return self.model.core
+
+    def save(self, path: str | None = None, clean: bool = False) -> None:
+        """Darts' ``save``, made atomic: both files are written into a temporary folder beside
+        ``path`` and renamed into place, so a crash or a full disk mid-save leaves the previous
+        model intact (the two renames themselves take microseconds; the weights go first)."""
+        target = Path(path if path is not None else self._default_save_path() + ".pt")
+        # Under DDP every process must call this (Lightning's checkpointing is collective);
+        # only global rank 0 writes the checkpoint and moves the files into place.
+        writer = self.trainer is None or self.trainer.is_global_zero
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+            staged = Path(tmp) / target.name
+            super().save(str(staged), clean=clean)
+            weights = Path(f"{staged}.ckpt")
+            loaded_from = getattr(self, "_loaded_weights", None)
+            if not weights.exists() and loaded_from and Path(loaded_from).is_file():
+                # Darts writes weights only through a trainer; a model that was loaded and not
+                # used since has none, and would be saved without its weights.
+                shutil.copyfile(loaded_from, weights)
+            for suffix in (".ckpt", ""):
+                if writer and Path(f"{staged}{suffix}").exists():
+                    os.replace(f"{staged}{suffix}", f"{target}{suffix}")
+
+    @classmethod
+    def load(
+        cls, path: str, pl_trainer_kwargs: dict | None = None, trusted: bool = False, **kwargs: Any
+    ) -> TimesCLIPModel:
+        """Darts' ``load``, but a missing, truncated or foreign file is a :class:`ModelFileError`
+        naming it, never a half-loaded model (Darts alone loads a model without its ``.ckpt``
+        weights with only a warning)."""
+        if not Path(path).is_file():
+            raise ModelFileError(f"model file {path} does not exist")
+        if not Path(f"{path}.ckpt").is_file():
+            raise ModelFileError(
+                f"{path}.ckpt, the weights saved beside {Path(path).name}, is missing"
+            )
+        try:
+            model = super().load(
+                path, pl_trainer_kwargs=pl_trainer_kwargs, trusted=trusted, **kwargs
+            )
+        except Exception as err:  # unpickling and torch raise many unrelated types for bad files
+            raise ModelFileError(
+                f"could not load a TimesCLIPModel from {path}: the file or its .ckpt is "
+                f"truncated, corrupt or of another kind ({type(err).__name__}: {err})"
+            ) from err
+        if not isinstance(model, cls):
+            raise ModelFileError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
+        model._loaded_weights = str(Path(f"{path}.ckpt").resolve())
+        return model
 
     # Darts trains on NaNs silently and never compares frequencies: check both up front, saying
     # where the gap is and which frequencies differ.
