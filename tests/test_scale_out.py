@@ -72,6 +72,7 @@ model = TimesCLIPModel(48, 12, clip_model_name="tiny", d_model=32, n_heads=4, dr
 model.fit(series, max_samples_per_ts=320)
 model.save(out)  # on every rank: Lightning's checkpointing is collective
 print("world size", model.trainer.world_size)
+print("cache hits", model.model.core.vision.cache.hits)  # rank 0's own cache
 """
 
 
@@ -97,6 +98,8 @@ def test_ddp_training_on_two_cpu_processes_matches_single_process(tmp_path: Path
         )
         assert result.returncode == 0, result.stderr[-3000:]
         assert f"world size {2 if mode == 'ddp' else 1}" in result.stdout
+        hits = int(result.stdout.split("cache hits")[1].split()[0])
+        assert hits > 0  # epoch 2 read the frozen-ViT features from each process's cache
     frame = pd.read_csv(DATA_DIR / "ETTh1.csv", parse_dates=["date"]).iloc[352:700]
     held_out = TimeSeries.from_dataframe(frame, time_col="date").astype(np.float32)
     ddp, single = (_held_out_mse(tmp_path / f"{m}.pt", held_out) for m in ("ddp", "single"))

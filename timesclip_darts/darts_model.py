@@ -114,6 +114,7 @@ class _TimesCLIPModule(PLForecastingModule):
         lambda_align: float,
         text_encoder_lr: float | None,
         vision_projection_lr: float | None,
+        vision_cache_mb: float,
         **kwargs: Any,
     ) -> None:
         """Lightning module around :class:`TimesCLIP`; past covariates are extra input variates."""
@@ -137,6 +138,7 @@ class _TimesCLIPModule(PLForecastingModule):
             n_params=nr_params,
             dropout=dropout,
             line_width=line_width,
+            vision_cache_mb=vision_cache_mb,
         )
 
     @io_processor
@@ -201,6 +203,7 @@ class TimesCLIPModel(PastCovariatesTorchModel):
         lambda_align: float = 0.1,
         text_encoder_lr: float | None = None,
         vision_projection_lr: float | None = None,
+        vision_cache_mb: float = 1024.0,
         **kwargs: Any,
     ) -> None:
         """TimesCLIP: time series seen as line plots by a frozen CLIP vision encoder and read as
@@ -237,6 +240,9 @@ class TimesCLIPModel(PastCovariatesTorchModel):
             Learning rate of the CLIP text encoder; default a tenth of ``optimizer_kwargs["lr"]``.
         vision_projection_lr
             Learning rate of the vision projection; default ``optimizer_kwargs["lr"]``.
+        vision_cache_mb
+            Memory (per process) for the frozen-ViT feature cache: from the second epoch on,
+            training and validation windows skip rendering and the ViT. 0 disables it.
         **kwargs
             Darts' ``TorchForecastingModel`` arguments (``batch_size``, ``n_epochs``,
             ``likelihood``, ``loss_fn``, ``optimizer_cls``, ``optimizer_kwargs``,
@@ -275,6 +281,7 @@ class TimesCLIPModel(PastCovariatesTorchModel):
         self.lambda_align = lambda_align
         self.text_encoder_lr = text_encoder_lr
         self.vision_projection_lr = vision_projection_lr
+        self.vision_cache_mb = vision_cache_mb
 
     def _create_model(self, train_sample: TorchTrainingSample) -> PLForecastingModule:
         past_covariates = train_sample.past_covariates
@@ -294,6 +301,7 @@ class TimesCLIPModel(PastCovariatesTorchModel):
             lambda_align=self.lambda_align,
             text_encoder_lr=self.text_encoder_lr,
             vision_projection_lr=self.vision_projection_lr,
+            vision_cache_mb=self.vision_cache_mb,
             **self.pl_module_params,
         )
 

@@ -67,6 +67,8 @@ class TimesCLIP(nn.Module):
         n_params: values per forecast step (1 for a point forecast; a likelihood's parameters).
         dropout: dropout in the trainable parts.
         line_width: rendered line width in pixels (``image_size / 112``, at least 1, by default).
+        vision_cache_mb: memory for the frozen-ViT feature cache (0: no cache). The ViT's output
+            for a window never changes, so cached windows skip rendering and the ViT.
         backbone: already-loaded towers, instead of loading ``clip_model_name``.
     """
 
@@ -86,6 +88,7 @@ class TimesCLIP(nn.Module):
         n_params: int = 1,
         dropout: float = 0.1,
         line_width: float | None = None,
+        vision_cache_mb: float = 0.0,
         backbone: ClipTowers | None = None,
     ) -> None:
         super().__init__()
@@ -114,7 +117,9 @@ class TimesCLIP(nn.Module):
         self.n_patches = n_patches(time_steps, patch_length, stride)
         self.temperature = temperature
         self.image_size = image_size or towers.vision.config.image_size
-        self.vision = VisionModule(towers.vision, d_model, self.image_size, line_width)
+        self.vision = VisionModule(
+            towers.vision, d_model, self.image_size, line_width, vision_cache_mb
+        )
         self.language = LanguageModule(towers.text, patch_length, time_steps, d_model, dropout)
         self.selection = VariateSelection(d_model, n_heads, dropout)
         self.generator = Generator(d_model, self.n_patches + 3, prediction_steps, n_params, dropout)

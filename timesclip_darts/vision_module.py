@@ -2,11 +2,59 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+
 import torch
 from torch import nn
 from transformers import CLIPVisionModel
 
 from timesclip_darts.rendering import clip_normalize, render_windows
+
+
+class FeatureCache:
+    """Frozen-ViT features by window content: a least-recently-used map bounded in bytes.
+
+    The ViT is frozen and in eval mode, so a window's features never change; after the first
+    epoch every training and validation window is a hit and skips rendering and the ViT. Keys
+    are a 128-bit BLAKE2 digest of the normalised window's bytes (and its dtype and shape), so
+    a hit returns exactly the features a miss would compute, on any process of a DDP job.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used_bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @staticmethod
+    def keys(x_norm: torch.Tensor) -> list[bytes]:
+        host = x_norm.detach().cpu().contiguous()
+        shape = f"{host.dtype}{tuple(host.shape[1:])}".encode()
+        return [hashlib.blake2b(w.numpy().tobytes() + shape, digest_size=16).digest() for w in host]
+
+    def get(self, key: bytes) -> torch.Tensor | None:
+        value = self._entries.get(key)
+        if value is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: bytes, value: torch.Tensor) -> None:
+        size = value.numel() * value.element_size()
+        if key in self._entries or size > self.max_bytes:
+            return
+        self._entries[key] = value
+        self.used_bytes += size
+        while self.used_bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self.used_bytes -= evicted.numel() * evicted.element_size()
 
 
 class VisionModule(nn.Module):
@@ -25,6 +73,7 @@ class VisionModule(nn.Module):
         d_model: int,
         image_size: int,
         line_width: float | None = None,
+        cache_mb: float = 0.0,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -35,6 +84,7 @@ class VisionModule(nn.Module):
         self.feature_dim = backbone.config.hidden_size
         self.interpolate_pos = image_size != backbone.config.image_size
         self.projection = nn.Linear(self.feature_dim, d_model)
+        self.cache = FeatureCache(int(cache_mb * 2**20)) if cache_mb > 0 else None
 
     def train(self, mode: bool = True) -> VisionModule:
         super().train(mode)
@@ -47,7 +97,23 @@ class VisionModule(nn.Module):
 
     @torch.no_grad()
     def encode(self, x_norm: torch.Tensor) -> torch.Tensor:
-        """Frozen ViT features (pooled, post-LayerNorm CLS) of each variate: ``[B, N, F]``."""
+        """Frozen ViT features (pooled, post-LayerNorm CLS) of each variate: ``[B, N, F]``.
+
+        With a cache, only windows not seen before are rendered and encoded.
+        """
+        if self.cache is None:
+            return self._encode(x_norm)
+        keys = self.cache.keys(x_norm)
+        found = [self.cache.get(k) for k in keys]
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            fresh = self._encode(x_norm[missing])
+            for i, features in zip(missing, fresh, strict=True):
+                found[i] = features
+                self.cache.put(keys[i], features)
+        return torch.stack(found).to(device=x_norm.device)
+
+    def _encode(self, x_norm: torch.Tensor) -> torch.Tensor:
         b, _, n = x_norm.shape
         images = self.render(x_norm).flatten(0, 1)
         dtype = next(self.backbone.parameters()).dtype
