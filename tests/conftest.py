@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from darts import TimeSeries
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("TIMESCLIP_DATA_DIR", ROOT.parent / "shared" / "data" / "ETT"))
@@ -29,6 +31,12 @@ def etth1_train_values(etth1: pd.DataFrame) -> torch.Tensor:
     train = etth1.iloc[:8640, 1:].to_numpy()
     scaled = (train - train.mean(0)) / train.std(0)
     return torch.tensor(scaled, dtype=torch.float32)
+
+
+def etth1_series(start: int, stop: int) -> TimeSeries:
+    """Raw ETTh1 rows ``[start, stop)`` as a float32 Darts series."""
+    frame = pd.read_csv(DATA_DIR / "ETTh1.csv", parse_dates=["date"]).iloc[start:stop]
+    return TimeSeries.from_dataframe(frame, time_col="date").astype(np.float32)
 
 
 def windows(values: torch.Tensor, starts: list[int], length: int) -> torch.Tensor:

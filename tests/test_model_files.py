@@ -7,12 +7,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from darts import TimeSeries
 from darts.models import DLinearModel
 
-from tests.conftest import DATA_DIR
+from tests.conftest import DATA_DIR, etth1_series
 from timesclip_darts import TimesCLIPModel
 from timesclip_darts.darts_model import ModelFileError
 
@@ -21,8 +20,7 @@ QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
 
 @pytest.fixture(scope="module")
 def series() -> TimeSeries:
-    frame = pd.read_csv(DATA_DIR / "ETTh1.csv", parse_dates=["date"]).iloc[:300]
-    return TimeSeries.from_dataframe(frame, time_col="date").astype(np.float32)
+    return etth1_series(0, 300)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
@@ -16,7 +15,7 @@ import torch.multiprocessing as mp
 from darts import TimeSeries
 from darts.metrics import mse
 
-from tests.conftest import DATA_DIR
+from tests.conftest import DATA_DIR, etth1_series
 from timesclip_darts import TimesCLIPModel
 from timesclip_darts.alignment import info_nce
 
@@ -100,8 +99,7 @@ def test_ddp_training_on_two_cpu_processes_matches_single_process(tmp_path: Path
         assert f"world size {2 if mode == 'ddp' else 1}" in result.stdout
         hits = int(result.stdout.split("cache hits")[1].split()[0])
         assert hits > 0  # epoch 2 read the frozen-ViT features from each process's cache
-    frame = pd.read_csv(DATA_DIR / "ETTh1.csv", parse_dates=["date"]).iloc[352:700]
-    held_out = TimeSeries.from_dataframe(frame, time_col="date").astype(np.float32)
+    held_out = etth1_series(352, 700)
     ddp, single = (_held_out_mse(tmp_path / f"{m}.pt", held_out) for m in ("ddp", "single"))
     # Lightning shuffles DDP's sampler its own way, so the runs see batches in another order;
     # on held-out data they must still be as good as each other.
@@ -139,8 +137,7 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(tmp_path: Path
         timeout=300,
     )
     assert crashed.returncode == 3, crashed.stderr[-3000:]
-    frame = pd.read_csv(csv, parse_dates=["date"]).iloc[:400]
-    series = TimeSeries.from_dataframe(frame, time_col="date").astype(np.float32)
+    series = etth1_series(0, 400)
     checkpoints = tmp_path / "resumable" / "checkpoints"
     assert [p.name for p in checkpoints.iterdir()] == ["last-epoch=0.ckpt"]  # died in epoch 2
     resumed = TimesCLIPModel.load_from_checkpoint("resumable", work_dir=str(tmp_path), best=False)

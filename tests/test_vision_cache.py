@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import torch
-from darts import TimeSeries
 
-from tests.conftest import DATA_DIR
+from tests.conftest import etth1_series
 from timesclip_darts import TimesCLIP, TimesCLIPModel
 from timesclip_darts.vision_module import FeatureCache
 
@@ -55,8 +53,7 @@ def test_cached_features_equal_computed_ones_and_skip_the_vit() -> None:
 
 
 def test_training_with_the_cache_changes_no_forecast() -> None:
-    frame = pd.read_csv(DATA_DIR / "ETTh1.csv", parse_dates=["date"]).iloc[:300]
-    series = TimeSeries.from_dataframe(frame, time_col="date").astype(np.float32)
+    series = etth1_series(0, 300)
     forecasts, caches = [], []
     for cache_mb in (0.0, 64.0):
         model = TimesCLIPModel(
