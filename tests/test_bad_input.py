@@ -45,7 +45,7 @@ def _with_inf() -> torch.Tensor:
         (_with_nan(), "NaN or inf.*batch 1, step 5, variate 2"),
         (_with_inf(), "NaN or inf"),
         (torch.ones(2, 48, 3, dtype=torch.int64), "floating-point"),
-        ([[1.0, 2.0]], "torch.Tensor"),
+        ([[1.0, 2.0]], r"torch.Tensor \[batch, time, variates\], got list"),
     ],
 )
 def test_bad_windows_raise_value_error(model: TimesCLIP, x, message: str) -> None:

@@ -56,13 +56,13 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_inputs(args: argparse.Namespace, columns: list[str] | None = None) -> Inputs:
-    from timesclip_darts.data import DataError, check_no_gaps, load_csv, load_darts_dataset
+    from timesclip_darts.data import DataError, check_values, load_csv, load_darts_dataset
 
     if args.csv:
         series = load_csv(args.csv, args.time_col, fill_missing=args.fill_missing)
         label = args.csv
     else:
-        series = check_no_gaps(
+        series = check_values(
             load_darts_dataset(args.dataset, args.data_dir), args.dataset, args.fill_missing
         )
         label = args.dataset

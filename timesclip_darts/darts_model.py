@@ -45,7 +45,7 @@ from darts.utils.likelihood_models.torch import (
 from darts.utils.serialization import add_safe_globals
 
 from timesclip_darts.backbones import DEFAULT_CLIP_MODEL
-from timesclip_darts.data import check_no_gaps
+from timesclip_darts.data import check_values
 from timesclip_darts.timesclip import TimesCLIP
 
 logger = logging.getLogger(__name__)
@@ -488,7 +488,7 @@ def _as_list(series) -> list:
 def _check_series(series, role: str, expected_freq=None) -> None:
     for i, one in enumerate(_as_list(series)):
         label = role if not isinstance(series, (list, tuple)) else f"{role}[{i}]"
-        check_no_gaps(one, label)
+        check_values(one, label)
         if expected_freq is not None and one.freq != expected_freq:
             raise ValueError(
                 f"{label} has frequency {one.freq_str!r} but the model was trained on series of "

@@ -126,6 +126,8 @@ def load_csv(
     if not path.is_file():
         raise DataError(f"CSV file {path} does not exist")
     frame = pd.read_csv(path)
+    if frame.empty:
+        raise DataError(f"{path} has no data rows")
     time_col = time_col or frame.columns[0]
     missing = [c for c in [time_col, *(columns or [])] if c not in frame.columns]
     if missing:
@@ -145,22 +147,30 @@ def load_csv(
         series = TimeSeries.from_dataframe(frame, time_col=time_col, fill_missing_dates=True)
     except ValueError as err:
         raise DataError(f"could not infer a regular frequency for {path}: {err}") from err
-    return check_no_gaps(series, str(path), fill_missing)
+    return check_values(series, str(path), fill_missing)
 
 
-def check_no_gaps(series: TimeSeries, label: str, fill_missing: bool = False) -> TimeSeries:
-    """Raise a ``DataError`` saying where NaNs are, or interpolate them when asked."""
-    values = series.values(copy=False)
-    bad_rows = np.flatnonzero(~np.isfinite(values).all(axis=1))
-    if len(bad_rows) == 0:
-        return series
-    if fill_missing:
+def check_values(series: TimeSeries, label: str, fill_missing: bool = False) -> TimeSeries:
+    """Raise a ``DataError`` saying where NaN gaps are (or interpolate them when asked) and
+    where values are too large for the model's float32 statistics."""
+    from timesclip_darts.preprocessor import MAX_ABS_VALUE
+
+    bad_rows = np.flatnonzero(~np.isfinite(series.values(copy=False)).all(axis=1))
+    if len(bad_rows) and not fill_missing:
+        index = series.time_index
+        raise DataError(
+            f"{label} has {len(bad_rows)} time step(s) with missing values, the first at "
+            f"{index[bad_rows[0]]} and the last at {index[bad_rows[-1]]}; fill them "
+            "(--fill-missing interpolates them) or cut the series"
+        )
+    if len(bad_rows):
         from darts.utils.missing_values import fill_missing_values
 
-        return fill_missing_values(series)
-    index = series.time_index
-    raise DataError(
-        f"{label} has {len(bad_rows)} time step(s) with missing values, the first at "
-        f"{index[bad_rows[0]]} and the last at {index[bad_rows[-1]]}; fill them "
-        "(--fill-missing interpolates them) or cut the series"
-    )
+        series = fill_missing_values(series)
+    huge = np.flatnonzero((np.abs(series.values(copy=False)) > MAX_ABS_VALUE).any(axis=1))
+    if len(huge):
+        raise DataError(
+            f"{label} has values beyond ±{MAX_ABS_VALUE:.0e} (first at "
+            f"{series.time_index[huge[0]]}); they overflow float32 statistics: rescale them"
+        )
+    return series

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+# Largest input magnitude: beyond about 1.8e19 the float32 variance of a window overflows and the
+# forecast silently becomes inf/NaN. 1e18 leaves room for the de-normalised forecast too.
+MAX_ABS_VALUE = 1e18
+
 
 @dataclass
 class NormStats:

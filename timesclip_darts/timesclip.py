@@ -26,6 +26,7 @@ from timesclip_darts.backbones import DEFAULT_CLIP_MODEL, BackboneInfo, ClipTowe
 from timesclip_darts.generator import Generator
 from timesclip_darts.language_module import LanguageModule
 from timesclip_darts.preprocessor import (
+    MAX_ABS_VALUE,
     NormStats,
     instance_denormalize,
     instance_normalize,
@@ -128,7 +129,11 @@ class TimesCLIP(nn.Module):
     def validate_input(self, x: torch.Tensor) -> None:
         """Raise a ``ValueError`` naming the problem with a batch of windows, if any."""
         if not isinstance(x, torch.Tensor):
-            raise ValueError(f"expected a torch.Tensor [batch, time, variates], got {type(x)}")
+            dtype = f" of dtype {x.dtype}" if hasattr(x, "dtype") else ""
+            raise ValueError(
+                "expected a floating-point torch.Tensor [batch, time, variates], got "
+                f"{type(x).__name__}{dtype}"
+            )
         if x.dim() != 3:
             raise ValueError(
                 f"expected a 3-D tensor [batch, time, variates], got shape {tuple(x.shape)}"
@@ -149,6 +154,12 @@ class TimesCLIP(nn.Module):
             raise ValueError(
                 f"input holds NaN or inf values (first at batch {bad[0]}, step {bad[1]}, "
                 f"variate {bad[2]})"
+            )
+        if x.abs().max() > MAX_ABS_VALUE:
+            bad = (x.abs() > MAX_ABS_VALUE).nonzero()[0].tolist()
+            raise ValueError(
+                f"input values beyond ±{MAX_ABS_VALUE:.0e} (first at batch {bad[0]}, step "
+                f"{bad[1]}, variate {bad[2]}) overflow float32 statistics; rescale the series"
             )
 
     def encode_vision(self, x_norm: torch.Tensor) -> torch.Tensor:
