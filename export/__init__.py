@@ -1,2 +1,35 @@
 """Export step and deployment runtime for trained TimesCLIP models (installed as
-``timesclip_export``)."""
+``timesclip_export``).
+
+- :func:`export_bundle` (``timesclip-darts export``) writes a bundle from a trained model; it
+  needs Darts and the training package.
+- :class:`RollingForecaster` (``timesclip-darts stream``) runs a bundle with torch, numpy and
+  onnxruntime only.
+
+Imports are lazy, so importing the package pulls in nothing heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "export_bundle": "timesclip_export.bundle",
+    "read_manifest": "timesclip_export.bundle",
+    "RollingForecaster": "timesclip_export.runtime",
+    "stream_forecasts": "timesclip_export.stream",
+    "BundleError": "timesclip_export.errors",
+    "BundleVersionError": "timesclip_export.errors",
+    "DeviceError": "timesclip_export.errors",
+    "ExportError": "timesclip_export.errors",
+    "InputError": "timesclip_export.errors",
+    "TimestampError": "timesclip_export.errors",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'timesclip_export' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

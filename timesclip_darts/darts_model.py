@@ -114,7 +114,7 @@ class _TimesCLIPModule(PLForecastingModule):
         lambda_align: float,
         text_encoder_lr: float | None,
         vision_projection_lr: float | None,
-        vision_cache_mb: float,
+        vision_cache_mb: float = 0.0,  # a default, so checkpoints saved before it still load
         **kwargs: Any,
     ) -> None:
         """Lightning module around :class:`TimesCLIP`; past covariates are extra input variates."""

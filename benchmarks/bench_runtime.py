@@ -1,0 +1,339 @@
+"""Forecasts per second of the deployment runtime against the Darts model, same windows, same
+process; streaming latency per update. See README_runtime.md for measured numbers.
+
+    python benchmarks/bench_runtime.py                     # tiny preset, whole ETTh1 test split
+    python benchmarks/bench_runtime.py --preset small --windows 512
+    python benchmarks/bench_runtime.py --smoke             # seconds; what the tests run
+
+It trains a model (or takes ``--model``), exports a bundle without scaler (or takes
+``--bundle``), and on the first ``--windows`` stride-1 windows of the ETTh1 test split (scaled,
+as Darts sees them) times ``historical_forecasts(retrain=False, last_points_only=False)``
+against ``RollingForecaster.rolling`` (optimised and plain graphs, optionally the compiled
+vision path), checks that both give the same numbers, then times ``update`` one row at a time
+(and Darts' ``predict`` per new row). On a machine with CUDA (torch and onnxruntime-gpu) it
+repeats the comparison there, with the vision path in fp32, fp16 and bf16. Prints a table and
+writes JSON (``--out``, default ``benchmarks/results/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+RESULTS = Path(__file__).resolve().parent / "results"
+INPUT = 96
+# fp16/bf16 vision is reported as usable when forecasts stay this close to fp32.
+HALF_TOLERANCE = 1e-3
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=["tiny", "small"], default="tiny")
+    parser.add_argument("--model", help="a saved TimesCLIPModel (default: train one)")
+    parser.add_argument("--bundle", help="its exported bundle (default: export one)")
+    parser.add_argument("--windows", type=int, default=None, help="default: whole test split")
+    parser.add_argument("--horizon", type=int, default=96, help="horizon of a new model")
+    parser.add_argument("--train-windows", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=256, help="runtime windows per pass")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved passes of each path (best counts)"
+    )
+    parser.add_argument("--stream-updates", type=int, default=200)
+    parser.add_argument("--darts-stream-updates", type=int, default=10)
+    parser.add_argument("--compile", action="store_true", help="also time the compiled vision")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch and ORT CPU threads (default: theirs)"
+    )
+    parser.add_argument("--no-gpu", action="store_true", help="skip the CUDA comparison")
+    parser.add_argument("--data-dir", help="ETT CSV folder (default ../shared/data/ETT)")
+    parser.add_argument("--out", help="JSON file (default: benchmarks/results/<name>.json)")
+    parser.add_argument("--smoke", action="store_true", help="a few-second run on 16 windows")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.preset, args.windows, args.horizon = "tiny", args.windows or 16, 24
+        args.train_windows, args.repeats = 64, 2
+        args.stream_updates, args.darts_stream_updates = 8, 2
+    return args
+
+
+def train_model(args: argparse.Namespace, splits, folder: Path) -> Path:
+    from timesclip_darts import TimesCLIPModel
+
+    model = TimesCLIPModel(
+        INPUT,
+        args.horizon,
+        clip_model_name=args.preset,
+        d_model=32 if args.preset == "tiny" else 128,
+        n_heads=4,
+        n_epochs=1,
+        batch_size=64,
+        random_state=0,
+        pl_trainer_kwargs={"enable_progress_bar": False, "enable_model_summary": False},
+    )
+    model.fit(splits.train, max_samples_per_ts=args.train_windows)
+    path = folder / f"timesclip_{args.preset}.pt"
+    model.save(str(path))
+    return path
+
+
+def timed(fn, repeats: int = 1) -> tuple[float, object]:
+    """Best wall time of ``repeats`` calls, and the last result."""
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1e3
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "n": len(ms),
+    }
+
+
+def darts_pass(model, test, horizon: int) -> tuple[float, np.ndarray]:
+    seconds, forecasts = timed(
+        lambda: model.historical_forecasts(
+            test, forecast_horizon=horizon, retrain=False, last_points_only=False, verbose=False
+        )
+    )
+    return seconds, np.stack([f.values() for f in forecasts])
+
+
+def compare_throughput(args, model, bundle: Path, test, values: np.ndarray, device: str):
+    """Darts' ``historical_forecasts`` and the runtime variants on the same windows.
+
+    The passes are interleaved ``--repeats`` times and the best time of each counts, so load
+    from other processes on the machine hits every path alike. Darts' frozen-ViT feature cache
+    (a training aid) is turned off: repeating the same windows would hit it, which a stream of
+    new windows never does.
+    """
+    from timesclip_export.runtime import RollingForecaster
+
+    variants = [("runtime, optimised graphs", {}), ("runtime, plain graphs", {"optimized": False})]
+    if args.compile:
+        variants.append(("runtime, optimised + compiled vision", {"compile_vision": True}))
+    if device == "cuda":
+        variants += [
+            (f"runtime, optimised, vision {dtype}", {"vision_dtype": dtype})
+            for dtype in ("float16", "bfloat16")
+        ]
+    horizon = model.output_chunk_length
+    model.model.core.vision.cache = None
+    darts_pass(model, test[-(INPUT + horizon + 3) :], horizon)
+    forecasters, warmups = {}, {}
+    for label, kwargs in variants:
+        forecasters[label] = RollingForecaster(
+            bundle,
+            device=device,
+            batch_size=args.batch_size,
+            apply_scaler=False,
+            onnx_threads=args.threads,
+            **kwargs,
+        )
+        warmups[label], _ = timed(lambda f=forecasters[label]: f.rolling(values[: INPUT + 7]))
+    best = dict.fromkeys(["darts", *forecasters], float("inf"))
+    outputs: dict[str, np.ndarray] = {}
+    for _ in range(args.repeats):
+        seconds, reference = darts_pass(model, test, horizon)
+        best["darts"] = min(best["darts"], seconds)
+        for label, forecaster in forecasters.items():
+            seconds, outputs[label] = timed(lambda f=forecaster: f.rolling(values))
+            best[label] = min(best[label], seconds)
+    n = len(reference)
+    rows = [
+        {
+            "path": "Darts historical_forecasts",
+            "device": device,
+            "seconds": best["darts"],
+            "windows_per_s": n / best["darts"],
+        }
+    ]
+    fp32 = outputs[variants[0][0]]
+    for label, kwargs in variants:
+        out = outputs[label]
+        row = {
+            "path": label,
+            "device": device,
+            "seconds": best[label],
+            "windows_per_s": n / best[label],
+            "speedup_vs_darts": best["darts"] / best[label],
+            "max_abs_diff_vs_darts": float(np.abs(out - reference).max()),
+            "warmup_s": warmups[label],
+            "describe": forecasters[label].describe(),
+        }
+        if "vision_dtype" in kwargs:
+            diff = float(np.abs(out - fp32).max())
+            row["max_abs_diff_vs_fp32"] = diff
+            row["within_1e-3_of_fp32"] = diff <= HALF_TOLERANCE
+        rows.append(row)
+    return rows
+
+
+def streaming(bundle: Path, values, times, updates: int, device: str, threads: int | None):
+    """Latency of ``update`` with one new row, after the first window has filled."""
+    from timesclip_export.runtime import RollingForecaster
+
+    forecaster = RollingForecaster(bundle, device=device, apply_scaler=False, onnx_threads=threads)
+    rolled = forecaster.rolling(values[: INPUT + updates - 1])
+    forecaster.update(values[: INPUT - 1], timestamps=times[: INPUT - 1])
+    latencies, outs = [], []
+    for i in range(INPUT - 1, INPUT - 1 + updates):
+        start = time.perf_counter()
+        outs.append(forecaster.update(values[i : i + 1], timestamps=times[i : i + 1]))
+        latencies.append(time.perf_counter() - start)
+    stats = percentiles(latencies[1:] if updates > 1 else latencies)
+    stats["max_abs_diff_vs_rolling"] = float(np.abs(np.concatenate(outs) - rolled).max())
+    return stats
+
+
+def darts_streaming(model, test, horizon: int, updates: int) -> dict[str, float]:
+    """Darts' way to forecast after one new row: ``predict`` on the latest window."""
+    latencies = []
+    for j in range(updates + 1):
+        start = time.perf_counter()
+        model.predict(horizon, series=test[j : j + INPUT], verbose=False)
+        latencies.append(time.perf_counter() - start)
+    return percentiles(latencies[1:])  # the first call sets up the trainer
+
+
+def cuda_available() -> bool:
+    import onnxruntime as ort
+    import torch
+
+    return torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def print_table(result: dict) -> None:
+    config = result["config"]
+    print(
+        f"\nTimesCLIP runtime vs Darts: preset {config['preset']}, input {INPUT}, horizon "
+        f"{config['horizon']}, {config['windows']} windows of the ETTh1 test split, torch "
+        f"threads {config['torch_threads']}"
+    )
+    header = f"{'path':<40} {'device':<6} {'windows/s':>10} {'seconds':>8} {'vs Darts':>9}"
+    print(header + f" {'max|diff|':>10}")
+    print("-" * (len(header) + 11))
+    for row in result["throughput"]:
+        ratio = row.get("speedup_vs_darts")
+        speedup = f"{ratio:.2f}x" if ratio else "-"
+        print(
+            f"{row['path']:<40} {row['device']:<6} {row['windows_per_s']:>10.1f} "
+            f"{row['seconds']:>8.2f} {speedup:>9} "
+            f"{row.get('max_abs_diff_vs_darts', 0.0):>10.1e}"
+        )
+    for device, stats in result["streaming"].items():
+        darts = result["darts_streaming"].get(device)
+        extra = ""
+        if darts:
+            extra = (
+                f"; Darts predict per row p50 {darts['p50_ms']:.1f} ms "
+                f"({darts['p50_ms'] / stats['p50_ms']:.0f}x slower)"
+            )
+        print(
+            f"streaming update, 1 row, {device}: p50 {stats['p50_ms']:.2f} ms, p99 "
+            f"{stats['p99_ms']:.2f} ms over {stats['n']} updates{extra}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore")
+    import torch
+    from timesclip_export.bundle import export_bundle, library_versions
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from timesclip_darts import TimesCLIPModel
+    from timesclip_darts.data import ett_splits, load_darts_dataset
+
+    splits = ett_splits(load_darts_dataset("ETTh1", args.data_dir), "ETTh1", INPUT)
+    with tempfile.TemporaryDirectory(prefix="bench_runtime_") as scratch:
+        scratch = Path(scratch)
+        model_path = Path(args.model) if args.model else train_model(args, splits, scratch)
+        bundle = Path(args.bundle) if args.bundle else scratch / "bundle"
+        if not args.bundle:
+            export_bundle(model_path, bundle, scaler=False)
+        model = TimesCLIPModel.load(str(model_path))
+        horizon = model.output_chunk_length
+        available = len(splits.test) - INPUT - horizon + 1
+        n = min(args.windows or available, available)
+        test = splits.test[: INPUT + horizon + n - 1]
+        values = test.values().astype(np.float32)[: INPUT + n - 1]
+        times = test.time_index.values
+
+        result: dict = {
+            "config": {
+                "preset": model.core.backbone_info.name,
+                "horizon": horizon,
+                "windows": n,
+                "runtime_batch_size": args.batch_size,
+                "darts_batch_size": model.batch_size,
+                "repeats": args.repeats,
+                "torch_threads": torch.get_num_threads(),
+                "onnx_threads": args.threads or "onnxruntime default",
+                "smoke": args.smoke,
+                "darts_feature_cache": "off for the timed passes (see compare_throughput)",
+            },
+            "machine": {
+                "platform": platform.platform(),
+                "processor": platform.processor(),
+                "cpu_count": os.cpu_count(),
+                "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            },
+            "versions": library_versions(),
+            "throughput": [],
+            "streaming": {},
+            "darts_streaming": {},
+        }
+        devices = ["cpu"] + (["cuda"] if cuda_available() and not args.no_gpu else [])
+        for device in devices:
+            if device == "cuda":
+                model = TimesCLIPModel.load(
+                    str(model_path),
+                    pl_trainer_kwargs={"accelerator": "gpu", "devices": 1},
+                    map_location="cuda",
+                )
+            result["throughput"] += compare_throughput(args, model, bundle, test, values, device)
+            result["streaming"][device] = streaming(
+                bundle, values, times, min(args.stream_updates, n), device, args.threads
+            )
+            if args.darts_stream_updates:
+                result["darts_streaming"][device] = darts_streaming(
+                    model, test, horizon, args.darts_stream_updates
+                )
+    print_table(result)
+    out = (
+        Path(args.out)
+        if args.out
+        else RESULTS
+        / (
+            f"runtime_{result['config']['preset']}_{'-'.join(devices)}_"
+            f"{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+        )
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

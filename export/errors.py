@@ -1,0 +1,37 @@
+"""Errors of the export step and the runtime. All are ``ValueError`` subclasses, so the
+``timesclip-darts`` command prints them as one ``error: ...`` line and exits 1."""
+
+from __future__ import annotations
+
+
+class ExportError(ValueError):
+    """The model cannot be exported as asked (not fitted, unsupported option, bad OUT_DIR)."""
+
+
+class BundleError(ValueError):
+    """A bundle that is incomplete, damaged or not a bundle: missing or extra file, checksum
+    mismatch, unreadable manifest, unsafe content."""
+
+
+class BundleVersionError(BundleError):
+    """A bundle written by another bundle format or by library versions this runtime cannot
+    promise to run the same way."""
+
+
+class InputError(ValueError):
+    """Input windows or rows of the wrong shape, variate order, dtype, or with NaN/inf.
+
+    ``row`` is the offending row of the call's input, when one row is to blame.
+    """
+
+    def __init__(self, message: str, row: int | None = None) -> None:
+        super().__init__(message)
+        self.row = row
+
+
+class TimestampError(InputError):
+    """Timestamps with a gap, a duplicate or a step back."""
+
+
+class DeviceError(ValueError):
+    """The requested device cannot be used (no CUDA in torch or in onnxruntime)."""

@@ -1,0 +1,293 @@
+"""The three exported pieces of a trained TimesCLIP, their export settings and ORT optimisation.
+
+The model is cut where :class:`timesclip_darts.TimesCLIP` cuts itself (``encode_vision``,
+``encode_language``, ``fuse``); every wrapper calls the library's own methods, so the graphs hold
+the trained model's code and nothing written twice:
+
+- :class:`TextGraph` -> ``text.onnx``: instance norm, patching, patch/variate embedding and the
+  CLIP text encoder. It also outputs the normalisation statistics, which the fusion graph needs.
+- :class:`FusionGraph` -> ``fusion.onnx``: vision projection, variate selection, generator and the
+  per-window de-normalisation, ending in Darts' layout and Darts' likelihood parameters.
+- :class:`VisionPath` -> ``vision.pt2``: instance norm, the torch rasteriser, CLIP pixel
+  normalisation and the frozen ViT, as a ``torch.export`` program (see :func:`export_vision`).
+
+Exporter choice (measured with torch 2.13, onnxscript 0.7, onnxruntime 1.32):
+
+- The TorchScript ("legacy") exporter cannot export the language branch at all: ``Tensor.unfold``
+  with a dynamic batch fails ("input size not accessible"). So: the dynamo exporter.
+- Opset 18 with the text encoder switched to **eager** attention: ORT's transformer optimizer
+  (``model_type='clip'``) then fuses every encoder layer into one ``Attention`` (com.microsoft),
+  two ``SkipLayerNormalization`` and a ``QuickGelu``; no explicit mask is needed.
+- SDPA at opset 18 exports ``MatMul``/``Softmax`` chains the optimizer never fuses into
+  ``Attention`` (only ``SkipLayerNormalization``/``QuickGelu``). SDPA at opset 23 exports ONNX's
+  standard ``Attention`` op, but the optimizer's symbolic shape inference fails on that graph, so
+  no ``SkipLayerNormalization`` is formed, and the contrib ``Attention`` kernel is the one with
+  the longest CPU and CUDA support. Hence eager + opset 18.
+- The optimizer runs at ``opt_level=1`` (provider-independent rewrites only), so the optimised
+  graphs run on the CPU and the CUDA execution providers alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DEFAULT_OPSET = 18
+SUPPORTED_OPSETS = range(18, 24)
+TEXT_INPUTS = ("x",)
+TEXT_OUTPUTS = ("cls", "patch_tokens", "variate_tokens", "mean", "std")
+FUSION_INPUTS = ("vision_features", "cls", "patch_tokens", "variate_tokens", "mean", "std")
+FUSION_OUTPUTS = ("forecast",)
+# Fused operators the optimizer can write; the manifest records how many of each appear.
+FUSED_OPERATORS = (
+    "Attention",
+    "MultiHeadAttention",
+    "SkipLayerNormalization",
+    "LayerNormalization",
+    "QuickGelu",
+    "BiasGelu",
+    "FastGelu",
+    "Gelu",
+    "BiasAdd",
+)
+_NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnxruntime")
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the exporters' progress prints, warnings and info logs (errors still raise)."""
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+# ------------------------------------------------------------------------------- wrappers
+class TextGraph(nn.Module):
+    """Scaled windows ``x [B, T, N]`` -> language CLS, patch tokens, variate tokens, and the
+    instance-norm mean/std ``[B, 1, N]``."""
+
+    def __init__(self, core: nn.Module) -> None:
+        super().__init__()
+        self.core = core
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from timesclip_darts.preprocessor import instance_normalize
+
+        x_norm, stats = instance_normalize(x)
+        cls, patch_tokens, variate_tokens = self.core.encode_language(x_norm)
+        return cls, patch_tokens, variate_tokens, stats.mean, stats.std
+
+
+class FusionGraph(nn.Module):
+    """Vision features, language tokens and norm statistics -> forecast ``[B, H, N_t, P]``.
+
+    De-normalised with the Lightning module's own :func:`denormalize_parameters`, then, for a
+    likelihood, turned into the likelihood's parameters by Darts' own ``_params_from_output``
+    (what ``predict_likelihood_parameters=True`` returns): quantiles as they are, location/scale
+    likelihoods as (location, softplus scale).
+    """
+
+    def __init__(self, core: nn.Module, likelihood: nn.Module | None) -> None:
+        super().__init__()
+        self.core = core
+        self.likelihood = likelihood
+
+    def forward(
+        self,
+        vision_features: torch.Tensor,
+        cls: torch.Tensor,
+        patch_tokens: torch.Tensor,
+        variate_tokens: torch.Tensor,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+    ) -> torch.Tensor:
+        from darts.utils.likelihood_models.torch import QuantileRegression
+
+        from timesclip_darts.darts_model import denormalize_parameters
+
+        y_norm, _, _ = self.core.fuse(vision_features, cls, patch_tokens, variate_tokens)
+        n = self.core.n_targets
+        params = denormalize_parameters(
+            y_norm,
+            mean[..., :n].transpose(1, 2),
+            std[..., :n].transpose(1, 2),
+            self.likelihood,
+        ).permute(0, 2, 1, 3)  # Darts' layout: [batch, time, component, parameter]
+        if self.likelihood is None or isinstance(self.likelihood, QuantileRegression):
+            return params
+        return torch.stack(self.likelihood._params_from_output(params), dim=-1)
+
+
+class VisionPath(nn.Module):
+    """Scaled windows ``x [B, T, N]`` -> frozen ViT features ``[B, N, F]``: instance norm, the
+    library's rasteriser, CLIP pixel normalisation and the ViT's pooled output.
+
+    It draws with the rasteriser's core (``rendering._coverage``) and the same colours and
+    normalisation as ``render_windows``, minus that function's memory chunking (a Python loop
+    whose length depends on the batch, which ``torch.export`` cannot keep dynamic); the runtime
+    bounds memory by calling the program on slices of the batch instead.
+    """
+
+    def __init__(self, vision: nn.Module, n_variates: int) -> None:
+        super().__init__()
+        from timesclip_darts.rendering import default_line_width, variate_colors
+
+        self.backbone = vision.backbone
+        self.image_size = vision.image_size
+        self.line_width = (
+            default_line_width(vision.image_size)
+            if vision.line_width is None
+            else float(vision.line_width)
+        )
+        self.interpolate_pos = vision.interpolate_pos
+        # 1 - colour per variate, [N, 3, 1, 1]: a pixel is 1 - coverage * (1 - colour).
+        self.register_buffer("ink", 1.0 - variate_colors(n_variates)[:, :, None, None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from timesclip_darts.preprocessor import instance_normalize
+        from timesclip_darts.rendering import _coverage, clip_normalize
+
+        b, t, n = x.shape
+        x_norm, _ = instance_normalize(x)
+        values = x_norm.transpose(1, 2).reshape(b * n, t)
+        size = self.image_size
+        alpha = _coverage(values, size, self.line_width).reshape(b, n, 1, size, size)
+        pixels = clip_normalize(1.0 - alpha * self.ink).flatten(0, 1)
+        out = self.backbone(pixel_values=pixels, interpolate_pos_encoding=self.interpolate_pos)
+        return out.pooler_output.reshape(b, n, -1)
+
+
+# ------------------------------------------------------------------------------- exporting
+def example_windows(batch: int, time_steps: int, n_variates: int, seed: int = 0) -> torch.Tensor:
+    """Random-walk windows ``[batch, T, N]``: line plots with structure, for tracing and checks."""
+    generator = torch.Generator().manual_seed(seed)
+    steps = torch.randn(batch, time_steps, n_variates, generator=generator)
+    return steps.cumsum(dim=1) * 0.3
+
+
+def export_core(core: nn.Module) -> nn.Module:
+    """A copy of the trained core in eval mode, its text encoder on eager attention (the form
+    ORT's optimizer fuses into ``Attention``; numerically the same as SDPA)."""
+    cache = getattr(core.vision, "cache", None)  # the training feature cache stays behind
+    core = copy.deepcopy(core, memo={id(cache): None} if cache is not None else None).eval()
+    core.language.text_model.set_attn_implementation("eager")
+    return core
+
+
+def _batch_dim() -> torch.export.Dim:
+    return torch.export.Dim("batch", min=1, max=1 << 20)
+
+
+def export_text(core: nn.Module, path: Path, example: torch.Tensor, opset: int) -> None:
+    """Write ``text.onnx`` (dynamo exporter, dynamic batch)."""
+    batch = _batch_dim()
+    with quiet(), torch.no_grad():
+        torch.onnx.export(
+            TextGraph(core).eval(),
+            (example,),
+            str(path),
+            dynamo=True,
+            opset_version=opset,
+            input_names=list(TEXT_INPUTS),
+            output_names=list(TEXT_OUTPUTS),
+            dynamic_shapes={"x": {0: batch}},
+            external_data=False,
+            verbose=False,
+        )
+
+
+def fusion_example(core: nn.Module, example: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The fusion graph's inputs for ``example`` windows, computed by the torch model."""
+    with torch.no_grad():
+        cls, patch_tokens, variate_tokens, mean, std = TextGraph(core)(example)
+        features = VisionPath(core.vision, core.n_variates)(example)
+    return features, cls, patch_tokens, variate_tokens, mean, std
+
+
+def export_fusion(
+    core: nn.Module,
+    likelihood: nn.Module | None,
+    path: Path,
+    inputs: tuple[torch.Tensor, ...],
+    opset: int,
+) -> None:
+    """Write ``fusion.onnx`` (dynamo exporter, dynamic batch)."""
+    batch = _batch_dim()
+    names = ("vision_features", "cls", "patch_tokens", "variate_tokens", "mean", "std")
+    with quiet(), torch.no_grad():
+        torch.onnx.export(
+            FusionGraph(core, likelihood).eval(),
+            inputs,
+            str(path),
+            dynamo=True,
+            opset_version=opset,
+            input_names=list(FUSION_INPUTS),
+            output_names=list(FUSION_OUTPUTS),
+            dynamic_shapes={name: {0: batch} for name in names},
+            external_data=False,
+            verbose=False,
+        )
+
+
+def export_vision(core: nn.Module, path: Path, example: torch.Tensor) -> None:
+    """Write ``vision.pt2``: the vision path as a ``torch.export`` program with a dynamic batch.
+
+    Why ``torch.export``: it stores the graph (as JSON) and the weights (raw bytes, no pickle)
+    of the rasteriser and the ViT together, and loads without transformers or this library; the
+    program runs on CPU or CUDA (moved with ``move_to_device_pass``) and under autocast
+    (fp16/bf16) like any torch code, so the GPU renders and encodes in one place.
+    """
+    module = VisionPath(core.vision, core.n_variates).eval()
+    with quiet(), torch.no_grad():
+        program = torch.export.export(module, (example,), dynamic_shapes={"x": {0: _batch_dim()}})
+    program.example_inputs = None  # keep sample data out of the bundle
+    torch.export.save(program, str(path))
+
+
+def optimize_graph(source: Path, target: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
+    """Run ORT's transformer optimizer (``model_type='clip'``) and count the fused operators
+    of the written graph."""
+    import onnx
+    from onnxruntime.transformers import optimizer
+
+    with quiet():
+        model = optimizer.optimize_model(
+            str(source),
+            model_type="clip",
+            num_heads=num_heads,
+            hidden_size=hidden_size,
+            opt_level=1,
+            use_gpu=False,
+        )
+        model.save_model_to_file(str(target))
+    counts = Counter(node.op_type for node in onnx.load(str(target)).graph.node)
+    return {op: counts[op] for op in FUSED_OPERATORS if counts[op]}
+
+
+def graph_max_error(
+    path: Path, feeds: dict[str, torch.Tensor], expected: tuple[torch.Tensor, ...]
+) -> float:
+    """Largest absolute difference between an ONNX graph (ORT, CPU) and the torch outputs."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {name: value.numpy() for name, value in feeds.items()})
+    pairs = zip(outputs, expected, strict=True)
+    return max(float(abs(torch.from_numpy(out) - ref).max()) for out, ref in pairs)

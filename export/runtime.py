@@ -1,0 +1,564 @@
+"""The deployment runtime: rolling and streaming forecasts from a bundle with torch, numpy and
+onnxruntime only (no Darts, Lightning, transformers or matplotlib).
+
+Per batch of windows, everything stays on one device: the windows are cut from the series on the
+device (one host-to-device copy per call), the vision program (torch) and the two ONNX graphs
+(ONNX Runtime) read and write preallocated torch tensors through I/O binding, and only the final
+forecasts come back to the host. On CUDA, ONNX Runtime runs on torch's current stream
+(``user_compute_stream``), so the two libraries' kernels are ordered without host syncs.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from timesclip_export.bundle import (
+    GRAPH_FILES,
+    OPTIMIZED_FILES,
+    VISION_FILE,
+    check_versions,
+    load_vision_program,
+    read_manifest,
+    verify_files,
+)
+from timesclip_export.errors import BundleError, DeviceError, InputError, TimestampError
+
+VISION_DTYPES: dict[str, torch.dtype | None] = {
+    "float32": None,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+# Pixels rendered per vision call (images x S²). The rasteriser's temporaries are ~20 floats per
+# pixel: on CPU, slices of ~2^19 pixels stay cache-friendly and measured fastest for the tiny and
+# small presets (~1.5x over whole batches of 256 windows); on CUDA, 2^24 pixels (~1.3 GB of
+# temporaries) keep the GPU busy while bounding memory at 224 px.
+_VISION_PIXELS = {"cpu": 1 << 19, "cuda": 1 << 24}
+_CACHED_BATCH_SIZES = 4
+# Bound on input magnitudes when a bundle does not state one. Bundles carry the core model's own
+# (``timesclip_darts.preprocessor.MAX_ABS_VALUE``, beyond which float32 window statistics
+# overflow), so the runtime needs no import of the training package for it.
+DEFAULT_MAX_ABS_VALUE = 1e18
+
+
+@dataclass
+class _Buffers:
+    """Preallocated device tensors for one batch size and the I/O bindings that point at them."""
+
+    x: torch.Tensor
+    text: dict[str, torch.Tensor]
+    features: torch.Tensor
+    forecast: torch.Tensor
+    text_binding: Any
+    fusion_binding: Any
+
+
+class RollingForecaster:
+    """Forecasts from an exported TimesCLIP bundle: one window, many windows, or a stream.
+
+    Args:
+        bundle: the bundle folder written by ``timesclip-darts export``.
+        device: ``"auto"`` (CUDA when both torch and onnxruntime have it, else CPU), ``"cpu"``,
+            ``"cuda"`` or ``"cuda:N"``. :meth:`describe` says what was picked and why.
+        optimized: run the ORT-optimised graphs (fused attention/LayerNorm/GELU) or the plain ones.
+        batch_size: windows per forward pass in :meth:`rolling` and :meth:`update`.
+        vision_batch: windows per call of the vision path within a batch (default: as many as
+            fit a pixel budget, smaller on CPU where cache-sized slices are faster).
+        vision_dtype: ``"float32"``, or ``"float16"``/``"bfloat16"`` to run the ViT under autocast
+            (the rasteriser and the ONNX graphs stay float32).
+        apply_scaler: with a scaler in the bundle, scale inputs and inverse-scale forecasts here
+            (the default); ``False`` when the inputs are already scaled as in training.
+        compile_vision: run the vision program through ``torch.compile`` (inductor fuses the
+            rasteriser's elementwise chain: 1.6-3.5x faster vision path on CPU). The first call
+            compiles for tens of seconds; needs a C++ compiler on CPU, triton on CUDA.
+        onnx_threads: ONNX Runtime's intra-op threads (default: its own, one per core); torch's
+            are set with ``torch.set_num_threads``.
+        verify: check every file's sha256 against the manifest on load.
+        allow_version_mismatch: warn instead of failing when the libraries differ from the
+            exporter's in a way that can change results.
+
+    Inputs are ``[rows, variates]`` arrays (numpy, torch or a pandas DataFrame whose columns are
+    checked by name) of raw values in the manifest's ``inputs`` order: the targets, then any past
+    covariates. When the bundle holds a scaler, inputs are scaled and forecasts inverse-scaled
+    here, so both are in the original units. Forecasts are ``[..., output_chunk_length,
+    n_targets]``; with ``parameters=True``, ``[..., n_targets, n_parameters]`` holding the
+    likelihood's parameters (``parameter_names``): quantiles for ``QuantileRegression``, the
+    location and scale for Gaussian/Laplace/Cauchy/Gumbel. The point forecast is the median or
+    the location.
+    """
+
+    def __init__(
+        self,
+        bundle: str | Path,
+        *,
+        device: str = "auto",
+        optimized: bool = True,
+        batch_size: int = 256,
+        vision_batch: int | None = None,
+        vision_dtype: str = "float32",
+        apply_scaler: bool = True,
+        compile_vision: bool = False,
+        onnx_threads: int | None = None,
+        verify: bool = True,
+        allow_version_mismatch: bool = False,
+    ) -> None:
+        for name, value in (("batch_size", batch_size), ("vision_batch", vision_batch or 1)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if vision_dtype not in VISION_DTYPES:
+            raise ValueError(f"vision_dtype must be one of {list(VISION_DTYPES)}")
+        self.bundle = Path(bundle)
+        self.manifest = read_manifest(self.bundle)
+        if verify:
+            verify_files(self.bundle, self.manifest)
+        optimized = optimized and bool(self.manifest["onnx"].get("optimized"))
+        check_versions(self.manifest, optimized, allow_version_mismatch)
+        spec = self.manifest["model"]
+        self.input_chunk_length: int = spec["input_chunk_length"]
+        self.output_chunk_length: int = spec["output_chunk_length"]
+        self.output_chunk_shift: int = spec["output_chunk_shift"]
+        self.inputs: list[str] = list(spec["inputs"])
+        self.targets: list[str] = list(spec["targets"])
+        likelihood = spec["likelihood"]
+        self.parameter_names: list[str] = list(likelihood["parameters"])
+        self._point_index: int = likelihood["point_index"]
+        self.time: dict = self.manifest["time"]
+        self.max_abs_value = float(spec.get("max_abs_value", DEFAULT_MAX_ABS_VALUE))
+        self.optimized = optimized
+        self.batch_size = batch_size
+        self.vision_dtype = vision_dtype
+        self.onnx_threads = onnx_threads
+
+        self.device, self._device_reason = _pick_device(device)
+        self._ort_device = "cuda" if self.device.type == "cuda" else "cpu"
+        self._ort_device_id = self.device.index or 0
+        files = OPTIMIZED_FILES if optimized else GRAPH_FILES
+        self._text = self._session(self.bundle / files["text"])
+        self._fusion = self._session(self.bundle / files["fusion"])
+        self._vision = load_vision_program(self.bundle / VISION_FILE, str(self.device))
+        if compile_vision:
+            self._vision = torch.compile(self._vision, dynamic=True)
+        self.compile_vision = compile_vision
+        pixels = spec["image_size"] ** 2 * len(self.inputs)
+        self.vision_batch = vision_batch or max(1, _VISION_PIXELS[self.device.type] // pixels)
+        self._shapes = {
+            "cls": (len(self.inputs), spec["d_model"]),
+            "patch_tokens": (len(self.inputs), spec["n_patches"], spec["d_model"]),
+            "variate_tokens": (len(self.inputs), spec["d_model"]),
+            "mean": (1, len(self.inputs)),
+            "std": (1, len(self.inputs)),
+        }
+        self._buffers: OrderedDict[int, _Buffers] = OrderedDict()
+        self.apply_scaler = apply_scaler and bool(self.manifest.get("scaler"))
+        self._set_scaler(self.manifest.get("scaler") if apply_scaler else None, likelihood["kinds"])
+        self.reset()
+
+    # ------------------------------------------------------------------------ public API
+    @property
+    def n_parameters(self) -> int:
+        return len(self.parameter_names)
+
+    @property
+    def freq(self) -> str | None:
+        return self.time.get("freq")
+
+    def describe(self) -> str:
+        """Where this runs, in words: device, execution provider, graphs, dtype."""
+        graphs = "optimised" if self.optimized else "plain"
+        compiled = ", compiled" if self.compile_vision else ""
+        scaler = "applied" if self.apply_scaler else "not applied"
+        where = (
+            f"CUDA ({torch.cuda.get_device_name(self.device)}): torch on {self.device}, "
+            f"onnxruntime {self._text.get_providers()[0]}"
+            if self.device.type == "cuda"
+            else f"CPU: torch on cpu, onnxruntime {self._text.get_providers()[0]}"
+        )
+        return (
+            f"{where} ({self._device_reason}); {graphs} ONNX graphs, vision in "
+            f"{self.vision_dtype}{compiled}; scaler {scaler}; bundle {self.bundle}"
+        )
+
+    def reset(self) -> None:
+        """Forget the rows :meth:`update` has seen."""
+        self._history = np.empty((0, len(self.inputs)), dtype=np.float32)
+        self._last_time: np.int64 | None = None
+        self._timed: bool | None = None
+        self.rows_seen = 0
+
+    def forecast(self, window: Any, timestamps: Any = None, parameters: bool = False) -> np.ndarray:
+        """Forecast after the last row of ``window`` (at least ``input_chunk_length`` rows; the
+        last ones are used): ``[output_chunk_length, n_targets]``."""
+        values, _ = self._validate(window, timestamps, self.input_chunk_length)
+        return self._forecast_series(values[-self.input_chunk_length :], 1, parameters)[0]
+
+    def rolling(
+        self, values: Any, stride: int = 1, timestamps: Any = None, parameters: bool = False
+    ) -> np.ndarray:
+        """Forecasts after windows ``values[s : s + input_chunk_length]`` for ``s = 0, stride,
+        ...`` up to the last full window: ``[n_windows, output_chunk_length, n_targets]``.
+
+        With stride 1 the first ``n - input_chunk_length - output_chunk_length + 1`` windows are
+        the ones Darts' ``historical_forecasts(retrain=False, last_points_only=False)`` uses; the
+        rest forecast past the end of ``values``.
+        """
+        if not isinstance(stride, int) or stride < 1:
+            raise InputError(f"stride must be a positive integer, got {stride!r}")
+        series, _ = self._validate(values, timestamps, self.input_chunk_length)
+        return self._forecast_series(series, stride, parameters)
+
+    def update(self, rows: Any, timestamps: Any = None, parameters: bool = False) -> np.ndarray:
+        """Append newly observed rows; return a forecast for every new row that ends a full
+        window, ``[k, output_chunk_length, n_targets]`` (``k`` may be 0 while the first window
+        fills up). Rows are checked first and the state changes only if they pass: with
+        timestamps, the first new row must follow the last one seen by exactly one step."""
+        values, times = self._validate(rows, timestamps, 0, previous=self._last_time)
+        if self._timed is not None and (times is not None) != self._timed:
+            raise TimestampError(
+                "earlier rows came with timestamps; pass timestamps for these rows too"
+                if self._timed
+                else "earlier rows came without timestamps; call reset() to start a timed stream"
+            )
+        icl = self.input_chunk_length
+        combined = np.concatenate([self._history, values])
+        first_end = max(len(self._history), icl - 1)
+        if len(combined) > first_end:
+            out = self._forecast_series(combined[first_end - icl + 1 :], 1, parameters)
+        else:
+            shape = (0, self.output_chunk_length, len(self.targets))
+            out = np.empty(shape + ((self.n_parameters,) if parameters else ()), np.float32)
+        self._history = combined[len(combined) - min(len(combined), icl - 1) :]
+        if times is not None and len(times):
+            self._last_time = times[-1]
+        if len(values):
+            self._timed = times is not None
+        self.rows_seen += len(values)
+        return out
+
+    def horizon_index(self, last_time: Any) -> np.ndarray | None:
+        """Timestamps of the forecast after a window ending at ``last_time`` (``None`` when the
+        bundle's frequency is unknown)."""
+        step = self.time.get("step_ns") or self.time.get("step")
+        offsets = np.arange(1, self.output_chunk_length + 1) + self.output_chunk_shift
+        if self.time.get("index") == "datetime":
+            start = np.datetime64(_to_datetime64(last_time), "ns")
+            if step:
+                return start + offsets * np.timedelta64(step, "ns")
+            import pandas as pd
+
+            index = pd.date_range(start, periods=offsets[-1] + 1, freq=self.time["freq"])
+            return index[offsets].to_numpy()
+        if self.time.get("index") == "range" and step:
+            return int(last_time) + offsets * step
+        return None
+
+    # ------------------------------------------------------------------------ checks
+    def _validate(
+        self, values: Any, timestamps: Any, min_rows: int, previous: np.int64 | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Values as float32 ``[rows, N]`` and timestamps as int64 (ns or steps), or errors."""
+        if hasattr(values, "columns") and hasattr(values, "to_numpy"):  # a pandas DataFrame
+            self._check_columns([str(c) for c in values.columns])
+            if timestamps is None and getattr(values.index.dtype, "kind", "") == "M":
+                timestamps = values.index
+            array = values.to_numpy()
+        elif isinstance(values, torch.Tensor):
+            array = values.detach().cpu().numpy()
+        else:
+            array = np.asarray(values)
+        if not np.issubdtype(array.dtype, np.floating):
+            raise InputError(
+                f"values must be floating-point (float32 or float64), got dtype {array.dtype}; "
+                "convert with .astype(numpy.float32)"
+            )
+        if array.ndim == 1:  # one variate's rows, or one row of all variates
+            array = array[:, None] if len(self.inputs) == 1 else array[None, :]
+        if array.ndim != 2:
+            raise InputError(
+                f"expected a 2-D array [rows, variates], got shape {tuple(array.shape)}"
+            )
+        rows, n = array.shape
+        if n != len(self.inputs):
+            raise InputError(
+                f"expected {len(self.inputs)} variates {self.inputs} (targets, then past "
+                f"covariates), got {n} columns"
+            )
+        if rows < min_rows:
+            raise InputError(f"got {rows} rows; a window needs {min_rows} (input_chunk_length)")
+        times = self._validate_times(timestamps, rows, previous)
+        array = array.astype(np.float32, copy=False)
+        finite = np.isfinite(array)
+        if not finite.all():
+            row, col = (int(i) for i in np.argwhere(~finite)[0])
+            where = f" ({_format_time(times[row], self.time)})" if times is not None else ""
+            raise InputError(
+                f"value {array[row, col]} in row {row}{where}, variate '{self.inputs[col]}': "
+                "inputs must be finite (fill gaps before forecasting)",
+                row=row,
+            )
+        huge = np.abs(array) > self.max_abs_value
+        if huge.any():  # the float32 window statistics would overflow into inf/NaN forecasts
+            row, col = (int(i) for i in np.argwhere(huge)[0])
+            where = f" ({_format_time(times[row], self.time)})" if times is not None else ""
+            raise InputError(
+                f"value {array[row, col]:.3g} in row {row}{where}, variate '{self.inputs[col]}' "
+                f"is beyond ±{self.max_abs_value:.0e} and would overflow float32 statistics; "
+                "rescale the series",
+                row=row,
+            )
+        return np.ascontiguousarray(array), times
+
+    def _check_columns(self, columns: list[str]) -> None:
+        if columns == self.inputs:
+            return
+        if sorted(columns) == sorted(self.inputs):
+            raise InputError(
+                f"variates are in the wrong order: expected {self.inputs}, got {columns}"
+            )
+        missing = [c for c in self.inputs if c not in columns]
+        extra = [c for c in columns if c not in self.inputs]
+        raise InputError(
+            f"variates do not match the model's: missing {missing}, unexpected {extra}; "
+            f"expected {self.inputs} in this order"
+        )
+
+    def _validate_times(
+        self, timestamps: Any, rows: int, previous: np.int64 | None
+    ) -> np.ndarray | None:
+        if timestamps is None:
+            return None
+        kind = self.time.get("index")
+        try:
+            if kind == "range":
+                times = np.asarray(timestamps, dtype=np.int64)
+            else:
+                times = _to_datetime64(timestamps).astype("datetime64[ns]").astype(np.int64)
+        except (ValueError, TypeError) as err:
+            raise TimestampError(f"could not read the timestamps ({err})") from err
+        times = np.atleast_1d(times)
+        if len(times) != rows:
+            raise TimestampError(f"got {len(times)} timestamps for {rows} rows")
+        full = times if previous is None else np.concatenate([[previous], times])
+        if len(full) < 2:
+            return times
+        diffs = np.diff(full)
+        offset = 0 if previous is None else 1
+        for bad, problem in ((diffs == 0, "duplicate"), (diffs < 0, "out-of-order")):
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise TimestampError(
+                    f"{problem} timestamp {_format_time(full[i + 1], self.time)} at row "
+                    f"{i + 1 - offset} (after {_format_time(full[i], self.time)})",
+                    row=i + 1 - offset,
+                )
+        step = self.time.get("step_ns") if kind == "datetime" else self.time.get("step")
+        if step:
+            wrong = diffs != step
+            if wrong.any():
+                i = int(np.argmax(wrong))
+                missing = diffs[i] // step - 1
+                detail = (
+                    f"{missing} missing step(s)" if diffs[i] % step == 0 else "an irregular step"
+                )
+                raise TimestampError(
+                    f"gap in timestamps: {_format_time(full[i], self.time)} -> "
+                    f"{_format_time(full[i + 1], self.time)} at row {i + 1 - offset} is "
+                    f"{detail} at frequency {self.time.get('freq') or step}",
+                    row=i + 1 - offset,
+                )
+        elif kind == "datetime" and self.time.get("freq"):
+            import pandas as pd
+
+            expected = pd.date_range(
+                pd.Timestamp(full[0]), periods=len(full), freq=self.time["freq"]
+            ).asi8
+            wrong = full != expected
+            if wrong.any():
+                i = int(np.argmax(wrong))
+                raise TimestampError(
+                    f"gap in timestamps: expected {_format_time(expected[i], self.time)} at "
+                    f"row {i - offset}, got {_format_time(full[i], self.time)} "
+                    f"(frequency {self.time['freq']})",
+                    row=i - offset,
+                )
+        return times
+
+    # ------------------------------------------------------------------------ computing
+    def _forecast_series(self, series: np.ndarray, stride: int, parameters: bool) -> np.ndarray:
+        """Forecasts after every ``stride``-th full window of a validated raw series."""
+        icl = self.input_chunk_length
+        values = torch.from_numpy(series).to(self.device)
+        if self._in_mean is not None:
+            values = (values - self._in_mean) / self._in_scale
+        windows = values.unfold(0, icl, stride).transpose(1, 2)  # [W, T, N], a view
+        n_windows = windows.shape[0]
+        out = torch.empty(
+            (n_windows, self.output_chunk_length, len(self.targets), self.n_parameters),
+            device=self.device,
+        )
+        with torch.inference_mode():
+            for start in range(0, n_windows, self.batch_size):
+                stop = min(start + self.batch_size, n_windows)
+                out[start:stop] = self._run_batch(windows[start:stop])
+            if self._out_scale is not None:
+                out = out * self._out_scale + self._out_shift
+        result = out.cpu().numpy()
+        return result if parameters else result[..., self._point_index]
+
+    def _run_batch(self, windows: torch.Tensor) -> torch.Tensor:
+        """Scaled windows ``[B, T, N]`` -> forecasts ``[B, H, N_t, P]`` (the shared buffer)."""
+        buffers = self._buffers_for(windows.shape[0])
+        buffers.x.copy_(windows)
+        autocast_dtype = VISION_DTYPES[self.vision_dtype]
+        for start in range(0, windows.shape[0], self.vision_batch):
+            stop = start + self.vision_batch
+            if autocast_dtype is None:
+                buffers.features[start:stop] = self._vision(buffers.x[start:stop])
+            else:
+                with torch.autocast(self.device.type, dtype=autocast_dtype):
+                    buffers.features[start:stop] = self._vision(buffers.x[start:stop])
+        self._text.run_with_iobinding(buffers.text_binding)
+        self._fusion.run_with_iobinding(buffers.fusion_binding)
+        return buffers.forecast
+
+    def _buffers_for(self, batch: int) -> _Buffers:
+        if batch in self._buffers:
+            self._buffers.move_to_end(batch)
+            return self._buffers[batch]
+
+        def empty(*shape: int) -> torch.Tensor:
+            return torch.empty(shape, dtype=torch.float32, device=self.device)
+
+        x = empty(batch, self.input_chunk_length, len(self.inputs))
+        text = {name: empty(batch, *shape) for name, shape in self._shapes.items()}
+        spec = self.manifest["model"]
+        features = empty(batch, len(self.inputs), spec["vision_feature_dim"])
+        forecast = empty(batch, self.output_chunk_length, len(self.targets), self.n_parameters)
+        text_binding = self._bind(self._text, {"x": x}, text)
+        fusion_inputs = {"vision_features": features, **text}
+        fusion_binding = self._bind(self._fusion, fusion_inputs, {"forecast": forecast})
+        buffers = _Buffers(x, text, features, forecast, text_binding, fusion_binding)
+        self._buffers[batch] = buffers
+        if len(self._buffers) > _CACHED_BATCH_SIZES:
+            self._buffers.popitem(last=False)
+        return buffers
+
+    def _bind(
+        self,
+        session: ort.InferenceSession,
+        inputs: dict[str, torch.Tensor],
+        outputs: dict[str, torch.Tensor],
+    ) -> Any:
+        binding = session.io_binding()
+        for name, tensor in inputs.items():
+            binding.bind_input(
+                name,
+                self._ort_device,
+                self._ort_device_id,
+                np.float32,
+                tuple(tensor.shape),
+                tensor.data_ptr(),
+            )
+        for name, tensor in outputs.items():
+            binding.bind_output(
+                name,
+                self._ort_device,
+                self._ort_device_id,
+                np.float32,
+                tuple(tensor.shape),
+                tensor.data_ptr(),
+            )
+        return binding
+
+    def _session(self, path: Path) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        # ORT's worker threads spin after each run by default; torch runs the vision path right
+        # after, on the same cores, and would compete with them. Let them sleep instead.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if self.onnx_threads:
+            options.intra_op_num_threads = self.onnx_threads
+        if self.device.type == "cuda":
+            stream = torch.cuda.current_stream(self.device).cuda_stream
+            providers: list[Any] = [
+                (
+                    "CUDAExecutionProvider",
+                    {"device_id": self._ort_device_id, "user_compute_stream": str(stream)},
+                ),
+                "CPUExecutionProvider",
+            ]
+        else:
+            providers = ["CPUExecutionProvider"]
+        try:
+            session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as err:  # ORT raises its own types for unreadable graphs
+            raise BundleError(f"onnxruntime cannot load {path.name}: {err}") from err
+        if session.get_providers()[0] != providers[0] and self.device.type == "cuda":
+            raise DeviceError(
+                f"onnxruntime did not start CUDAExecutionProvider for {path.name} "
+                f"(got {session.get_providers()}); check the CUDA/cuDNN libraries"
+            )
+        return session
+
+    def _set_scaler(self, scaler: dict | None, kinds: list[str]) -> None:
+        """Per-input shift/scale (identity for unscaled columns) and per-target output maps."""
+        self._in_mean = self._in_scale = self._out_scale = self._out_shift = None
+        if not scaler:
+            return
+        mean = dict(zip(scaler["components"], scaler["mean"], strict=True))
+        scale = dict(zip(scaler["components"], scaler["scale"], strict=True))
+
+        def tensor(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=self.device)
+
+        self._in_mean = tensor([mean.get(c, 0.0) for c in self.inputs])
+        self._in_scale = tensor([scale.get(c, 1.0) for c in self.inputs])
+        out_scale = tensor([scale.get(c, 1.0) for c in self.targets])
+        out_mean = tensor([mean.get(c, 0.0) for c in self.targets])
+        location = tensor([1.0 if kind == "location" else 0.0 for kind in kinds])
+        self._out_scale = out_scale[:, None].expand(-1, len(kinds))  # [N_t, P]
+        self._out_shift = out_mean[:, None] * location[None, :]
+
+
+def _pick_device(requested: str) -> tuple[torch.device, str]:
+    """The device to run on and why."""
+    torch_cuda = torch.cuda.is_available()
+    ort_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if not torch_cuda:
+        missing = "torch sees no CUDA device"
+    elif not ort_cuda:
+        missing = "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+    else:
+        missing = ""
+    if requested == "auto":
+        if missing:
+            return torch.device("cpu"), f"CUDA not used: {missing}"
+        return torch.device("cuda", torch.cuda.current_device()), "CUDA available"
+    if requested == "cpu":
+        return torch.device("cpu"), "CPU requested"
+    if requested.startswith("cuda"):
+        if missing:
+            raise DeviceError(f"device '{requested}' requested but {missing}")
+        device = torch.device(requested)
+        return torch.device("cuda", device.index or 0), "CUDA requested"
+    raise DeviceError(f"unknown device '{requested}'; use auto, cpu, cuda or cuda:N")
+
+
+def _to_datetime64(values: Any) -> np.ndarray:
+    """Timestamps (strings, datetimes, numpy or pandas) as ``datetime64[ns]``, tz-naive UTC."""
+    tz = getattr(values, "tz", None)
+    if tz is not None:  # a tz-aware pandas index
+        values = values.tz_convert("UTC").tz_localize(None)
+    return np.asarray(values, dtype="datetime64[ns]")
+
+
+def _format_time(value: np.int64, time: dict) -> str:
+    """A timestamp for messages: ``2016-07-01 03:00:00`` (sub-second digits only if any)."""
+    if time.get("index") == "range":
+        return str(int(value))
+    unit = "s" if int(value) % 10**9 == 0 else "ns"
+    return np.datetime_as_string(np.datetime64(int(value), "ns"), unit=unit).replace("T", " ")
