@@ -39,6 +39,22 @@ def etth1_series(start: int, stop: int) -> TimeSeries:
     return TimeSeries.from_dataframe(frame, time_col="date").astype(np.float32)
 
 
+def tiny_timesclip(icl: int, ocl: int, **overrides):
+    """A quiet tiny-preset TimesCLIPModel for tests: one epoch, d_model 32, 4 heads."""
+    from timesclip_darts import TimesCLIPModel
+
+    config = dict(
+        clip_model_name="tiny",
+        d_model=32,
+        n_heads=4,
+        n_epochs=1,
+        random_state=0,
+        pl_trainer_kwargs={"enable_progress_bar": False, "enable_model_summary": False},
+    )
+    config.update(overrides)
+    return TimesCLIPModel(icl, ocl, **config)
+
+
 def windows(values: torch.Tensor, starts: list[int], length: int) -> torch.Tensor:
     """Stack windows ``values[s : s + length]`` -> ``[len(starts), length, N]``."""
     return torch.stack([values[s : s + length] for s in starts])

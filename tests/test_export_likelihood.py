@@ -14,7 +14,7 @@ from timesclip_export.bundle import export_bundle
 from timesclip_export.errors import InputError
 from timesclip_export.runtime import RollingForecaster
 
-from tests.conftest import DATA_DIR
+from tests.conftest import DATA_DIR, tiny_timesclip
 from timesclip_darts import TimesCLIPModel
 from timesclip_darts.data import ett_splits, load_darts_dataset
 
@@ -31,17 +31,12 @@ def splits():
 
 @pytest.fixture(scope="module")
 def trained(splits, tmp_path_factory) -> Path:
-    model = TimesCLIPModel(
+    model = tiny_timesclip(
         ICL,
         OCL,
-        clip_model_name="tiny",
-        d_model=32,
-        n_heads=4,
-        n_epochs=1,
         batch_size=64,
         random_state=1,
         likelihood=QuantileRegression(QUANTILES),
-        pl_trainer_kwargs={"enable_progress_bar": False, "enable_model_summary": False},
     )
     model.fit(
         splits.train[TARGET],

@@ -36,7 +36,7 @@ from timesclip_export.errors import (
 )
 from timesclip_export.runtime import RollingForecaster
 
-from tests.conftest import DATA_DIR, ROOT
+from tests.conftest import DATA_DIR, ROOT, tiny_timesclip
 from timesclip_darts import TimesCLIPModel
 from timesclip_darts.cli import main
 from timesclip_darts.data import ett_splits, load_darts_dataset, save_scaler_json
@@ -55,15 +55,10 @@ def splits():
 @pytest.fixture(scope="module")
 def trained(splits, tmp_path_factory) -> Path:
     """A tiny TimesCLIP, one epoch on 256 windows, saved with its scaler as `train` does."""
-    model = TimesCLIPModel(
+    model = tiny_timesclip(
         ICL,
         OCL,
-        clip_model_name="tiny",
-        d_model=32,
-        n_heads=4,
-        n_epochs=1,
         batch_size=64,
-        random_state=0,
         pl_trainer_kwargs=QUIET,
     )
     model.fit(splits.train, max_samples_per_ts=256)

@@ -20,7 +20,7 @@ from timesclip_export.errors import InputError
 from timesclip_export.runtime import RollingForecaster
 from timesclip_export.stream import stream_forecasts
 
-from tests.conftest import etth1_series
+from tests.conftest import etth1_series, tiny_timesclip
 from timesclip_darts import TimesCLIPModel
 from timesclip_darts.cli import main
 
@@ -30,16 +30,7 @@ ICL, OCL = 48, 12
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[TimesCLIPModel, Path, Path]:
     folder = tmp_path_factory.mktemp("reliability")
-    model = TimesCLIPModel(
-        ICL,
-        OCL,
-        clip_model_name="tiny",
-        d_model=32,
-        n_heads=4,
-        n_epochs=1,
-        random_state=0,
-        pl_trainer_kwargs={"enable_progress_bar": False},
-    )
+    model = tiny_timesclip(ICL, OCL)
     model.fit(etth1_series(0, 400), max_samples_per_ts=64)
     model.save(str(folder / "model.pt"))
     export_bundle(folder / "model.pt", folder / "bundle")
