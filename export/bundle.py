@@ -212,6 +212,11 @@ def _check_exportable(model: Any) -> None:
         raise ExportError(f"expected a TimesCLIPModel, got {type(model).__name__}")
     if model.model is None:
         raise ExportError("the model has not been fitted or loaded yet; nothing to export")
+    if model.model.core.is_ablated:
+        raise ExportError(
+            "this model has a part switched off (use_vision=False or use_variate_selection="
+            "False): ablation variants are for benchmarks; export the full model"
+        )
     if model.model.use_reversible_instance_norm:
         raise ExportError(
             "models trained with use_reversible_instance_norm=True cannot be exported: the "

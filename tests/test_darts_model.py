@@ -380,3 +380,22 @@ def test_concatenated_forecasts_keep_the_series_index(
     joined = concatenate([series[:900], forecast])
     assert len(joined) == 900 + OCL and joined.freq == series.freq
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+@pytest.mark.parametrize(
+    "switch", [dict(use_vision=False), dict(use_variate_selection=False), dict(freeze_vision=False)]
+)
+def test_ablation_variants_train_predict_and_only_the_full_model_exports(
+    series: TimeSeries, switch: dict, tmp_path: Path
+) -> None:
+    from timesclip_export import ExportError, export_bundle
+
+    model = small_model(**switch)
+    model.fit(series[:300])
+    forecast = model.predict(n=OCL, series=series[:300])
+    assert forecast.time_index[0] == series.time_index[300]
+    assert np.isfinite(forecast.values()).all()
+    if model.core.is_ablated:
+        with pytest.raises(ExportError, match="ablation"):
+            export_bundle(model, tmp_path / "bundle")
+        assert not (tmp_path / "bundle").exists()

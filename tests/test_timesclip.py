@@ -174,3 +174,35 @@ def test_parameter_groups_are_documented_and_exclude_frozen_parts() -> None:
 def test_compute_loss_rejects_mismatched_targets() -> None:
     with pytest.raises(ValueError, match="batch, variates, horizon"):
         TimesCLIP.compute_loss(torch.zeros(2, 7, 24), torch.zeros(2, 24, 7), torch.tensor(0.0))
+
+
+def test_ablation_without_vision_never_renders_and_has_no_alignment_loss() -> None:
+    model = tiny(use_vision=False)
+    assert model.vision is None and model.is_ablated
+    y, loss_align = model(torch.randn(2, 96, 7), return_loss=True)
+    assert y.shape == (2, 7, 24) and loss_align is None
+    assert (
+        model.generator.head.in_features
+        == (model.n_patches + 2) * model.generator.norm.normalized_shape[0]
+    )
+
+
+def test_ablation_without_variate_selection_changes_no_other_token() -> None:
+    model = tiny(use_variate_selection=False).eval()
+    assert model.selection is None
+    with torch.no_grad():
+        out = model.forward_detailed(torch.randn(2, 96, 7), return_loss=True)
+    assert out.forecast.shape == (2, 7, 24, 1)
+    assert out.selection_attention is None and out.contrastive_loss is not None
+
+
+def test_trainable_vision_gets_gradients_its_own_group_and_no_cache() -> None:
+    model = tiny(freeze_vision=False, vision_cache_mb=16)
+    assert model.vision.cache is None  # features change every step: nothing to cache
+    y, loss_align = model(torch.randn(4, 96, 7), return_loss=True)
+    (y.square().mean() + loss_align).backward()
+    assert model.vision.backbone.embeddings.patch_embedding.weight.grad.abs().sum() > 0
+    groups = {g["name"]: g for g in model.get_parameter_groups(1e-5, 1e-3, lr_text=1e-4)}
+    assert groups["vision_encoder"]["lr"] == 1e-4
+    grouped = {id(p) for g in groups.values() for p in g["params"]}
+    assert grouped == {id(p) for p in model.parameters() if p.requires_grad}

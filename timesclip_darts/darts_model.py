@@ -114,7 +114,11 @@ class _TimesCLIPModule(PLForecastingModule):
         lambda_align: float,
         text_encoder_lr: float | None,
         vision_projection_lr: float | None,
-        vision_cache_mb: float = 0.0,  # a default, so checkpoints saved before it still load
+        # Defaults, so that checkpoints saved before these arguments existed still load.
+        vision_cache_mb: float = 0.0,
+        use_vision: bool = True,
+        use_variate_selection: bool = True,
+        freeze_vision: bool = True,
         **kwargs: Any,
     ) -> None:
         """Lightning module around :class:`TimesCLIP`; past covariates are extra input variates."""
@@ -139,6 +143,9 @@ class _TimesCLIPModule(PLForecastingModule):
             dropout=dropout,
             line_width=line_width,
             vision_cache_mb=vision_cache_mb,
+            use_vision=use_vision,
+            use_variate_selection=use_variate_selection,
+            freeze_vision=freeze_vision,
         )
 
     @io_processor
@@ -204,6 +211,9 @@ class TimesCLIPModel(PastCovariatesTorchModel):
         text_encoder_lr: float | None = None,
         vision_projection_lr: float | None = None,
         vision_cache_mb: float = 1024.0,
+        use_vision: bool = True,
+        use_variate_selection: bool = True,
+        freeze_vision: bool = True,
         **kwargs: Any,
     ) -> None:
         """TimesCLIP: time series seen as line plots by a frozen CLIP vision encoder and read as
@@ -243,6 +253,11 @@ class TimesCLIPModel(PastCovariatesTorchModel):
         vision_cache_mb
             Memory (per process) for the frozen-ViT feature cache: from the second epoch on,
             training and validation windows skip rendering and the ViT. 0 disables it.
+        use_vision, use_variate_selection, freeze_vision
+            Ablation switches (see ``benchmarks/``): drop the vision branch (and with it the
+            alignment loss), drop variate selection, or train the ViT (for random-weight presets;
+            at the text encoder's learning rate, without feature cache). Exported bundles need
+            the full model.
         **kwargs
             Darts' ``TorchForecastingModel`` arguments (``batch_size``, ``n_epochs``,
             ``likelihood``, ``loss_fn``, ``optimizer_cls``, ``optimizer_kwargs``,
@@ -282,6 +297,9 @@ class TimesCLIPModel(PastCovariatesTorchModel):
         self.text_encoder_lr = text_encoder_lr
         self.vision_projection_lr = vision_projection_lr
         self.vision_cache_mb = vision_cache_mb
+        self.use_vision = use_vision
+        self.use_variate_selection = use_variate_selection
+        self.freeze_vision = freeze_vision
 
     def _create_model(self, train_sample: TorchTrainingSample) -> PLForecastingModule:
         past_covariates = train_sample.past_covariates
@@ -302,6 +320,9 @@ class TimesCLIPModel(PastCovariatesTorchModel):
             text_encoder_lr=self.text_encoder_lr,
             vision_projection_lr=self.vision_projection_lr,
             vision_cache_mb=self.vision_cache_mb,
+            use_vision=self.use_vision,
+            use_variate_selection=self.use_variate_selection,
+            freeze_vision=self.freeze_vision,
             **self.pl_module_params,
         )
 

@@ -44,8 +44,9 @@ class TimesCLIPOutput:
     forecast: torch.Tensor  # [B, N_targets, H, n_params], de-normalised
     forecast_normalized: torch.Tensor  # [B, N_targets, H, n_params]
     stats: NormStats  # of all N input variates, [B, 1, N]
-    selection_attention: torch.Tensor  # [B, N, N]: row i = how variate i weighs each variate
-    contrastive_loss: torch.Tensor | None
+    # [B, N, N]: row i = how variate i weighs each variate (None without variate selection)
+    selection_attention: torch.Tensor | None
+    contrastive_loss: torch.Tensor | None  # None unless asked for, and without vision
 
 
 class TimesCLIP(nn.Module):
@@ -70,7 +71,15 @@ class TimesCLIP(nn.Module):
         line_width: rendered line width in pixels (``image_size / 112``, at least 1, by default).
         vision_cache_mb: memory for the frozen-ViT feature cache (0: no cache). The ViT's output
             for a window never changes, so cached windows skip rendering and the ViT.
+        use_vision: ablation switch; ``False`` drops the vision branch (no image, no vision
+            token, hence no alignment loss).
+        use_variate_selection: ablation switch; ``False`` drops the selection token.
+        freeze_vision: ``False`` trains the ViT too (an ablation for random-weight presets; no
+            feature cache then, since the features change every step).
         backbone: already-loaded towers, instead of loading ``clip_model_name``.
+
+    The ablation switches exist to measure what each part buys (``benchmarks/``); the export
+    supports the full model only.
     """
 
     def __init__(
@@ -90,6 +99,9 @@ class TimesCLIP(nn.Module):
         dropout: float = 0.1,
         line_width: float | None = None,
         vision_cache_mb: float = 0.0,
+        use_vision: bool = True,
+        use_variate_selection: bool = True,
+        freeze_vision: bool = True,
         backbone: ClipTowers | None = None,
     ) -> None:
         super().__init__()
@@ -118,12 +130,32 @@ class TimesCLIP(nn.Module):
         self.n_patches = n_patches(time_steps, patch_length, stride)
         self.temperature = temperature
         self.image_size = image_size or towers.vision.config.image_size
-        self.vision = VisionModule(
-            towers.vision, d_model, self.image_size, line_width, vision_cache_mb
+        self.use_vision = use_vision
+        self.use_variate_selection = use_variate_selection
+        self.vision = (
+            VisionModule(
+                towers.vision,
+                d_model,
+                self.image_size,
+                line_width,
+                vision_cache_mb,
+                trainable=not freeze_vision,
+            )
+            if use_vision
+            else None
         )
         self.language = LanguageModule(towers.text, patch_length, time_steps, d_model, dropout)
-        self.selection = VariateSelection(d_model, n_heads, dropout)
-        self.generator = Generator(d_model, self.n_patches + 3, prediction_steps, n_params, dropout)
+        self.selection = (
+            VariateSelection(d_model, n_heads, dropout) if use_variate_selection else None
+        )
+        # Tokens per variate: [vision], CLS, P patches, [selection].
+        n_tokens = 1 + self.n_patches + int(use_vision) + int(use_variate_selection)
+        self.generator = Generator(d_model, n_tokens, prediction_steps, n_params, dropout)
+
+    @property
+    def is_ablated(self) -> bool:
+        """Whether a part of TimesCLIP was switched off (a benchmark variant, not exportable)."""
+        return not (self.use_vision and self.use_variate_selection)
 
     # ----------------------------------------------------------------------------- stages
     def validate_input(self, x: torch.Tensor) -> None:
@@ -162,9 +194,9 @@ class TimesCLIP(nn.Module):
                 f"{bad[1]}, variate {bad[2]}) overflow float32 statistics; rescale the series"
             )
 
-    def encode_vision(self, x_norm: torch.Tensor) -> torch.Tensor:
-        """Frozen ViT features of every variate, ``[B, N, F]`` (render + ViT, no gradients)."""
-        return self.vision.encode(x_norm)
+    def encode_vision(self, x_norm: torch.Tensor) -> torch.Tensor | None:
+        """ViT features of every variate, ``[B, N, F]`` (render + ViT); ``None`` without vision."""
+        return None if self.vision is None else self.vision.encode(x_norm)
 
     def encode_language(
         self, x_norm: torch.Tensor
@@ -176,23 +208,24 @@ class TimesCLIP(nn.Module):
 
     def fuse(
         self,
-        vision_features: torch.Tensor,
+        vision_features: torch.Tensor | None,
         language_cls: torch.Tensor,
         patch_tokens: torch.Tensor,
         variate_tokens: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normalised target forecast ``[B, N_t, H, n_params]``, vision tokens, attention."""
-        vision_tokens = self.vision.project(vision_features)
-        selected, weights = self.selection(language_cls, variate_tokens)
-        fused = torch.cat(
-            [
-                vision_tokens[:, :, None],
-                language_cls[:, :, None],
-                patch_tokens,
-                selected[:, :, None],
-            ],
-            dim=2,
-        )
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Normalised target forecast ``[B, N_t, H, n_params]``, vision tokens, attention.
+
+        Vision tokens and attention are ``None`` when an ablation switched their part off.
+        """
+        tokens = [language_cls[:, :, None], patch_tokens]
+        vision_tokens = weights = None
+        if self.vision is not None:
+            vision_tokens = self.vision.project(vision_features)
+            tokens.insert(0, vision_tokens[:, :, None])
+        if self.selection is not None:
+            selected, weights = self.selection(language_cls, variate_tokens)
+            tokens.append(selected[:, :, None])
+        fused = torch.cat(tokens, dim=2)
         return self.generator(fused[:, : self.n_targets]), vision_tokens, weights
 
     # ---------------------------------------------------------------------------- forward
@@ -215,7 +248,7 @@ class TimesCLIP(nn.Module):
             stats.mean[..., : self.n_targets], stats.std[..., : self.n_targets]
         )
         loss = None
-        if return_loss:
+        if return_loss and vision_tokens is not None:
             loss = info_nce(vision_tokens.flatten(0, 1), cls.flatten(0, 1), self.temperature)
         return TimesCLIPOutput(
             forecast=instance_denormalize(y_norm, target_stats),
@@ -263,12 +296,19 @@ class TimesCLIP(nn.Module):
 
     def parameter_names_by_group(self) -> dict[str, list[str]]:
         """Trainable parameter names per optimiser group (see ``get_parameter_groups``)."""
-        groups: dict[str, list[str]] = {"vision_projection": [], "text_encoder": [], "other": []}
+        groups: dict[str, list[str]] = {
+            "vision_projection": [],
+            "vision_encoder": [],
+            "text_encoder": [],
+            "other": [],
+        }
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue  # the frozen ViT
             if name.startswith("vision.projection."):
                 groups["vision_projection"].append(name)
+            elif name.startswith("vision.backbone."):
+                groups["vision_encoder"].append(name)  # only with freeze_vision=False
             elif name.startswith("language.text_model."):
                 groups["text_encoder"].append(name)
             else:
@@ -284,14 +324,18 @@ class TimesCLIP(nn.Module):
         - ``text_encoder`` (the pretrained CLIP text transformer: its layers, final LayerNorm and
           position embeddings): ``lr_text``, ``lr_other`` when not given (the paper fine-tunes it
           at a smaller rate than the new parts: 1e-4 vs 1e-3);
+        - ``vision_encoder`` (the ViT, only when built with ``freeze_vision=False``): like the
+          other pretrained tower, ``lr_text``;
         - ``other`` (patch and variate embeddings, CLS token, text output projection, variate
           selection, generator): ``lr_other``.
 
         The frozen ViT is in no group; CLIP's word-embedding table no longer exists.
         """
+        lr_pretrained = lr_other if lr_text is None else lr_text
         lrs = {
             "vision_projection": lr_vision,
-            "text_encoder": lr_other if lr_text is None else lr_text,
+            "vision_encoder": lr_pretrained,
+            "text_encoder": lr_pretrained,
             "other": lr_other,
         }
         params = dict(self.named_parameters())

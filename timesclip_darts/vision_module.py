@@ -63,6 +63,8 @@ class VisionModule(nn.Module):
     The backbone never receives gradients and stays in eval mode even when the module is
     trained (``train()`` is overridden), so dropout and the like never change its features: the
     same window always gives the same features, which is what makes them cacheable.
+    ``trainable=True`` (an ablation) lets the ViT train; it still runs in eval mode and gets no
+    cache.
     ``encode`` (render + ViT) and ``project`` (trainable) are separate so the export can run the
     first in torch and put the second into the fusion graph.
     """
@@ -74,17 +76,20 @@ class VisionModule(nn.Module):
         image_size: int,
         line_width: float | None = None,
         cache_mb: float = 0.0,
+        trainable: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.backbone.requires_grad_(False)
+        self.trainable = trainable
+        self.backbone.requires_grad_(trainable)
         self.backbone.eval()
         self.image_size = image_size
         self.line_width = line_width
         self.feature_dim = backbone.config.hidden_size
         self.interpolate_pos = image_size != backbone.config.image_size
         self.projection = nn.Linear(self.feature_dim, d_model)
-        self.cache = FeatureCache(int(cache_mb * 2**20)) if cache_mb > 0 else None
+        cached = cache_mb > 0 and not trainable
+        self.cache = FeatureCache(int(cache_mb * 2**20)) if cached else None
 
     def train(self, mode: bool = True) -> VisionModule:
         super().train(mode)
@@ -95,12 +100,18 @@ class VisionModule(nn.Module):
         """Images the ViT sees, ``[B, N, 3, S, S]``, CLIP-normalised."""
         return clip_normalize(render_windows(x_norm, self.image_size, self.line_width))
 
-    @torch.no_grad()
     def encode(self, x_norm: torch.Tensor) -> torch.Tensor:
-        """Frozen ViT features (pooled, post-LayerNorm CLS) of each variate: ``[B, N, F]``.
+        """ViT features (pooled, post-LayerNorm CLS) of each variate: ``[B, N, F]``.
 
-        With a cache, only windows not seen before are rendered and encoded.
+        No gradients unless the ViT is trainable. With a cache, only windows not seen before
+        are rendered and encoded.
         """
+        if self.trainable:
+            return self._encode(x_norm)
+        with torch.no_grad():
+            return self._encode_frozen(x_norm)
+
+    def _encode_frozen(self, x_norm: torch.Tensor) -> torch.Tensor:
         if self.cache is None:
             return self._encode(x_norm)
         keys = self.cache.keys(x_norm)
