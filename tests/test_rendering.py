@@ -1,4 +1,5 @@
-"""The torch rasteriser: shapes, device, dtype, and agreement with the matplotlib reference."""
+"""The rasteriser: shapes, device, dtype, agreement between its torch and CPU-kernel backends and
+with the matplotlib reference."""
 
 from __future__ import annotations
 
@@ -49,12 +50,36 @@ def test_clip_normalisation_of_white() -> None:
     torch.testing.assert_close(white[0, :, 0, 0], expected)
 
 
+@pytest.mark.parametrize(
+    ("image_size", "time_steps", "line_width"),
+    [(32, 96, None), (64, 96, None), (224, 96, None), (64, 512, None), (48, 20, 3.5), (16, 300, 1)],
+)
+def test_cpu_kernel_draws_what_the_dense_torch_field_draws(
+    image_size: int, time_steps: int, line_width: float | None
+) -> None:
+    """Same pixels from both backends, on rough walks with flat stretches and a spike."""
+    generator = torch.Generator().manual_seed(image_size + time_steps)
+    x = torch.randn(3, time_steps, 4, generator=generator).cumsum(1)
+    x[0, :, 1] = 2.0  # constant
+    x[1, time_steps // 2, 2] += 50.0  # a spike taller than the rest
+    dense = render_windows(x, image_size, line_width, backend="torch")
+    kernel = render_windows(x, image_size, line_width, backend="cpu-kernel")
+    torch.testing.assert_close(kernel, dense, atol=1e-4, rtol=0)
+    torch.testing.assert_close(render_windows(x, image_size, line_width), kernel)  # auto on CPU
+
+
+def test_unknown_backend_is_named() -> None:
+    with pytest.raises(ValueError, match="unknown backend 'gpu'"):
+        render_windows(torch.zeros(1, 8, 1), 32, backend="gpu")
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu-kernel"])
 @pytest.mark.parametrize("image_size", [64, 224])
 def test_agrees_with_matplotlib_on_real_etth1_windows(
-    etth1_train_values: torch.Tensor, image_size: int
+    etth1_train_values: torch.Tensor, image_size: int, backend: str
 ) -> None:
     x, _ = instance_normalize(windows(etth1_train_values, [0, 1000, 4321, 8000], 96))
-    ours = render_windows(x, image_size).numpy()
+    ours = render_windows(x, image_size, backend=backend).numpy()
     reference = MatplotlibRenderer(image_size).render_windows(x)
     ink_ours, ink_ref = 1 - ours.reshape(-1), 1 - reference.reshape(-1)
     assert np.corrcoef(ink_ours, ink_ref)[0, 1] >= 0.98
@@ -74,7 +99,7 @@ def test_rejects_single_step_windows() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_images_equal_cpu_images() -> None:
     x = torch.randn(4, 96, 3).cumsum(1)
-    on_cpu = render_windows(x, 64)
-    on_gpu = render_windows(x.cuda(), 64)
+    on_cpu = render_windows(x, 64)  # the CPU kernel
+    on_gpu = render_windows(x.cuda(), 64)  # the dense torch field
     assert on_gpu.device.type == "cuda"
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, atol=1e-4, rtol=0)
