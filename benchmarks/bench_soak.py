@@ -82,6 +82,8 @@ def run(bundle: Path, values: np.ndarray, times: np.ndarray, checks: int) -> dic
     rng = np.random.default_rng(0)
     check_at = set(rng.choice(np.arange(icl - 1, len(values)), size=checks, replace=False))
     rss_start = rss_mib()
+    rss_marks = {}  # row -> RSS, ten times over the run
+    mark_every = max(1, len(values) // 10)
     latencies = np.empty(len(values))
     max_error = 0.0
     for i in range(len(values)):
@@ -93,12 +95,16 @@ def run(bundle: Path, values: np.ndarray, times: np.ndarray, checks: int) -> dic
             max_error = max(max_error, float(np.abs(out[0] - batch).max()))
         if i == icl - 1 + WARMUP:
             rss_start = rss_mib()  # buffers and sessions are warm
+        if (i + 1) % mark_every == 0:
+            rss_marks[i + 1] = rss_mib()
     rss_end = rss_mib()
     # Rows that produced a forecast, after a warm-up of WARMUP forecasts (first runs of the
     # graphs, first buffer allocations): drift is measured on the steady state.
     streamed = latencies[icl - 1 + WARMUP :]
     tenth = max(1, len(streamed) // 10)
     first, last = percentiles(streamed[:tenth]), percentiles(streamed[-tenth:])
+    # Every tenth, to tell a trend (a leak, a growing buffer) from a noisy spell of the machine.
+    tenths = [percentiles(part) for part in np.array_split(streamed, 10)]
     return {
         "rows": len(values),
         "forecasts": len(values) - icl + 1,
@@ -110,6 +116,8 @@ def run(bundle: Path, values: np.ndarray, times: np.ndarray, checks: int) -> dic
         "first_tenth": first,
         "last_tenth": last,
         "p99_drift_ratio": last["p99_ms"] / first["p99_ms"],
+        "tenths": tenths,
+        "rss_mib_by_row": rss_marks,
         "sampled_windows": checks,
         "max_abs_diff_vs_batch": max_error,
         "python": platform.python_version(),
@@ -126,6 +134,11 @@ def print_table(result: dict) -> None:
     for part in ("first_tenth", "last_tenth"):
         print(f"{part:<14}{result[part]['p50_ms']:>10.2f}{result[part]['p99_ms']:>10.2f}")
     print(f"p99 drift (last/first tenth): {result['p99_drift_ratio']:.2f}x")
+    print(
+        "p50/p99 ms by tenth: "
+        + "  ".join(f"{t['p50_ms']:.1f}/{t['p99_ms']:.1f}" for t in result["tenths"])
+    )
+    print("RSS MiB by tenth: " + "  ".join(f"{v:.0f}" for v in result["rss_mib_by_row"].values()))
     print(
         f"RSS: {result['rss_start_mib']:.1f} MiB after warm-up -> {result['rss_end_mib']:.1f} "
         f"MiB at the end ({result['rss_growth_mib']:+.1f} MiB)"

@@ -42,11 +42,11 @@ def run_demo(
     overwrite: bool = False,
 ) -> list[Row]:
     import torch
-    from darts.metrics import mae, mse
     from darts.models import DLinearModel, GlobalNaiveSeasonal
 
     from timesclip_darts.darts_model import TimesCLIPModel
     from timesclip_darts.data import ett_splits, load_darts_dataset, save_scaler_json
+    from timesclip_darts.evaluation import n_test_windows, score_on_test
     from timesclip_darts.plots import (
         plot_forecasts,
         plot_selection_attention,
@@ -64,7 +64,7 @@ def run_demo(
     test = splits.test
     if test_windows is not None:
         test = test[: INPUT + HORIZON + test_windows - 1]
-    n_windows = len(test) - INPUT - HORIZON + 1
+    n_windows = n_test_windows(test, INPUT, HORIZON)
     budget = dict(
         n_epochs=epochs,
         batch_size=batch_size,
@@ -106,23 +106,11 @@ def run_demo(
             splits.train, dataloader_kwargs=quiet_loader, **({} if name == NAIVE else fit_kwargs)
         )
         train_s = time.perf_counter() - started
-        # Every model starts at the first full input window, so all rows score the same
-        # windows (the naive model alone could start one step after the series' start).
-        backtest = model.historical_forecasts(
-            test,
-            start=test.time_index[INPUT],
-            forecast_horizon=HORIZON,
-            stride=1,
-            retrain=False,
-            last_points_only=False,
-            verbose=False,
-            predict_kwargs={"dataloader_kwargs": quiet_loader},
+        score = score_on_test(
+            model, test, INPUT, HORIZON, predict_kwargs={"dataloader_kwargs": quiet_loader}
         )
-        if len(backtest) != n_windows:
-            raise RuntimeError(f"{name} produced {len(backtest)} windows, not {n_windows}")
-        errors = model.backtest(test, historical_forecasts=backtest, metric=[mse, mae])
-        rows.append(Row(name, float(errors[0]), float(errors[1]), train_s))
-        forecasts[name] = backtest[0]
+        rows.append(Row(name, score.mse, score.mae, train_s))
+        forecasts[name] = score.forecasts[0]
 
     backbone = timesclip.core.backbone_info
     rows[0].name = f"TimesCLIP ({backbone.name if backbone.source == 'preset' else 'CLIP'})"

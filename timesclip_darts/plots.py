@@ -95,6 +95,26 @@ def plot_selection_attention(
     return _save(fig, path)
 
 
+def plot_metric_bars(
+    values: dict[str, dict[str, tuple[float, float]]], metric: str, path: str | Path
+) -> Path:
+    """Grouped bars of ``values[dataset][model] = (mean, spread)`` with the spread as error bars:
+    one group per dataset, one bar per model, in the order given."""
+    datasets = list(values)
+    models = list(dict.fromkeys(m for d in datasets for m in values[d]))
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(2.0 + 1.1 * len(models) * len(datasets) * 0.5, 3.6))
+    for i, model in enumerate(models):
+        means = [values[d].get(model, (np.nan, 0.0))[0] for d in datasets]
+        spreads = [values[d].get(model, (np.nan, 0.0))[1] for d in datasets]
+        positions = np.arange(len(datasets)) + (i - (len(models) - 1) / 2) * width
+        ax.bar(positions, means, width, yerr=spreads, capsize=2, label=model)
+    ax.set_xticks(range(len(datasets)), datasets)
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, path)
+
+
 def _save(fig: plt.Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
