@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test demo lint
+.PHONY: install test demo lint bench
 
 install: $(VENV)/.installed
 
@@ -23,3 +23,9 @@ lint: install
 
 demo: install
 	$(BIN)/timesclip-darts demo
+
+# Every benchmark figure in benchmarks/README.md (about an hour on 2 CPU cores).
+bench: install
+	$(BIN)/python benchmarks/bench_accuracy.py
+	$(BIN)/python benchmarks/bench_speed.py
+	$(BIN)/python benchmarks/bench_soak.py
