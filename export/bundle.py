@@ -4,7 +4,8 @@ safely (JSON manifest, checksums, versions, no pickle).
 A bundle is a folder::
 
     manifest.json     what the model is, how the files were made, a sha256 for every file
-    vision.pt2        torch.export program: rasteriser + frozen ViT (x -> features)
+    vision.pt2        torch.export program: the frozen ViT (pixels -> features); the runtime
+                      draws the pixels with timesclip_darts.rendering (version in the manifest)
     text.onnx         language branch (x -> CLS, patch and variate tokens, norm statistics)
     fusion.onnx       projection, selection, generator, de-normalisation (-> forecast)
     text.opt.onnx     the same graphs after ONNX Runtime's transformer optimizer
@@ -31,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from timesclip_export.errors import BundleError, BundleVersionError, ExportError
+from timesclip_export.vision import RENDER_MODULE, WindowVision, renderer_version
 
 FORMAT = "timesclip-darts-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: vision.pt2 holds the ViT alone; the runtime draws the images
 MANIFEST = "manifest.json"
 VISION_FILE = "vision.pt2"
 GRAPH_FILES = {"text": "text.onnx", "fusion": "fusion.onnx"}
@@ -292,10 +294,23 @@ def _model_spec(model: Any, core: Any) -> dict:
         "n_patches": int(core.n_patches),
         "vision_feature_dim": int(core.vision.feature_dim),
         "image_size": int(core.image_size),
+        "line_width": _line_width(core),
         "max_abs_value": _max_abs_value(),
         "backbone": core.backbone_info.describe(),
         "likelihood": _likelihood_spec(model.likelihood),
     }
+
+
+def _line_width(core: Any) -> float:
+    from timesclip_darts.rendering import default_line_width
+
+    width = core.vision.line_width
+    return float(default_line_width(core.image_size) if width is None else width)
+
+
+def window_vision(program: Any, spec: dict, autocast_dtype: Any = None) -> WindowVision:
+    """The runtime's vision path around a loaded ViT program, drawn as the manifest says."""
+    return WindowVision(program, spec["image_size"], spec["line_width"], autocast_dtype)
 
 
 def _max_abs_value() -> float:
@@ -365,7 +380,7 @@ def _write_bundle(
         text_ref = graphs.TextGraph(core)(check)
         fusion_in = graphs.fusion_example(core, check)
         fusion_ref = (graphs.FusionGraph(core, model.likelihood)(*fusion_in),)
-        vision = load_vision_program(folder / VISION_FILE, "cpu")
+        vision = window_vision(load_vision_program(folder / VISION_FILE, "cpu"), spec)
         errors[VISION_FILE] = float((vision(check) - fusion_in[0]).abs().max())
     pieces = {
         "text": ({"x": check}, text_ref),
@@ -396,8 +411,14 @@ def _write_bundle(
         "vision": {
             "file": VISION_FILE,
             "format": "torch.export (ExportedProgram, torch.export.save)",
-            "input": "x [batch, input_chunk_length, n_variates] float32, scaled",
-            "output": "features [batch, n_variates, vision_feature_dim] float32",
+            "input": "pixels [images, 3, image_size, image_size] float32, CLIP-normalised",
+            "output": "features [images, vision_feature_dim] float32",
+            "renderer": {
+                "module": RENDER_MODULE,
+                "version": renderer_version(),
+                "image_size": spec["image_size"],
+                "line_width": spec["line_width"],
+            },
         },
         "onnx": {
             "opset": opset,
@@ -492,6 +513,13 @@ def check_versions(manifest: dict, optimized: bool, allow_mismatch: bool = False
         problems.append(
             f"vision.pt2 was written by torch {written.get('torch')} and this is torch "
             f"{here['torch']}: torch.export programs are only guaranteed within one release"
+        )
+    drawn_by = manifest.get("vision", {}).get("renderer", {}).get("version")
+    if drawn_by != renderer_version():
+        problems.append(
+            f"the bundle's model saw images of rasteriser version {drawn_by}; the installed "
+            f"{RENDER_MODULE} draws version {renderer_version()}: install the release that "
+            "exported the bundle, or export again"
         )
     opset = manifest.get("onnx", {}).get("opset")
     needed = _ORT_FOR_OPSET.get(opset, "99")

@@ -8,8 +8,9 @@ the trained model's code and nothing written twice:
   CLIP text encoder. It also outputs the normalisation statistics, which the fusion graph needs.
 - :class:`FusionGraph` -> ``fusion.onnx``: vision projection, variate selection, generator and the
   per-window de-normalisation, ending in Darts' layout and Darts' likelihood parameters.
-- :class:`VisionPath` -> ``vision.pt2``: instance norm, the torch rasteriser, CLIP pixel
-  normalisation and the frozen ViT, as a ``torch.export`` program (see :func:`export_vision`).
+- :class:`ViTGraph` -> ``vision.pt2``: the frozen ViT on CLIP-normalised pixels, as a
+  ``torch.export`` program (see :func:`export_vision`); the runtime draws the pixels with the
+  library's rasteriser (:mod:`timesclip_export.vision`).
 
 Exporter choice (measured with torch 2.13, onnxscript 0.7, onnxruntime 1.32):
 
@@ -135,43 +136,38 @@ class FusionGraph(nn.Module):
         return torch.stack(self.likelihood._params_from_output(params), dim=-1)
 
 
-class VisionPath(nn.Module):
-    """Scaled windows ``x [B, T, N]`` -> frozen ViT features ``[B, N, F]``: instance norm, the
-    library's rasteriser, CLIP pixel normalisation and the ViT's pooled output.
+class ViTGraph(nn.Module):
+    """CLIP-normalised pixels ``[M, 3, S, S]`` -> the frozen ViT's pooled features ``[M, F]``.
 
-    It draws with the rasteriser's core (``rendering._coverage``) and the same colours and
-    normalisation as ``render_windows``, minus that function's memory chunking (a Python loop
-    whose length depends on the batch, which ``torch.export`` cannot keep dynamic); the runtime
-    bounds memory by calling the program on slices of the batch instead.
+    Only the ViT is exported: the runtime draws the images with the library's rasteriser
+    (:mod:`timesclip_export.vision`), whose CPU kernel is numba code ``torch.export`` cannot
+    trace and is many times faster than the dense torch field it could.
     """
 
-    def __init__(self, vision: nn.Module, n_variates: int) -> None:
+    def __init__(self, vision: nn.Module) -> None:
         super().__init__()
-        from timesclip_darts.rendering import default_line_width, variate_colors
-
         self.backbone = vision.backbone
-        self.image_size = vision.image_size
-        self.line_width = (
-            default_line_width(vision.image_size)
-            if vision.line_width is None
-            else float(vision.line_width)
-        )
         self.interpolate_pos = vision.interpolate_pos
-        # 1 - colour per variate, [N, 3, 1, 1]: a pixel is 1 - coverage * (1 - colour).
-        self.register_buffer("ink", 1.0 - variate_colors(n_variates)[:, :, None, None])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from timesclip_darts.preprocessor import instance_normalize
-        from timesclip_darts.rendering import _coverage, clip_normalize
-
-        b, t, n = x.shape
-        x_norm, _ = instance_normalize(x)
-        values = x_norm.transpose(1, 2).reshape(b * n, t)
-        size = self.image_size
-        alpha = _coverage(values, size, self.line_width).reshape(b, n, 1, size, size)
-        pixels = clip_normalize(1.0 - alpha * self.ink).flatten(0, 1)
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         out = self.backbone(pixel_values=pixels, interpolate_pos_encoding=self.interpolate_pos)
-        return out.pooler_output.reshape(b, n, -1)
+        return out.pooler_output
+
+
+def vision_features(core: nn.Module, windows: torch.Tensor) -> torch.Tensor:
+    """The trained model's own ViT features of scaled windows ``[B, T, N]`` -> ``[B, N, F]``."""
+    from timesclip_darts.preprocessor import instance_normalize
+
+    with torch.no_grad():
+        return core.vision.encode(instance_normalize(windows)[0])
+
+
+def vision_pixels(core: nn.Module, windows: torch.Tensor) -> torch.Tensor:
+    """The images the trained model's ViT sees for ``windows``, ``[B*N, 3, S, S]``."""
+    from timesclip_darts.preprocessor import instance_normalize
+
+    with torch.no_grad():
+        return core.vision.render(instance_normalize(windows)[0]).flatten(0, 1)
 
 
 # ------------------------------------------------------------------------------- exporting
@@ -217,8 +213,7 @@ def fusion_example(core: nn.Module, example: torch.Tensor) -> tuple[torch.Tensor
     """The fusion graph's inputs for ``example`` windows, computed by the torch model."""
     with torch.no_grad():
         cls, patch_tokens, variate_tokens, mean, std = TextGraph(core)(example)
-        features = VisionPath(core.vision, core.n_variates)(example)
-    return features, cls, patch_tokens, variate_tokens, mean, std
+    return vision_features(core, example), cls, patch_tokens, variate_tokens, mean, std
 
 
 def export_fusion(
@@ -247,16 +242,19 @@ def export_fusion(
 
 
 def export_vision(core: nn.Module, path: Path, example: torch.Tensor) -> None:
-    """Write ``vision.pt2``: the vision path as a ``torch.export`` program with a dynamic batch.
+    """Write ``vision.pt2``: the frozen ViT as a ``torch.export`` program with a dynamic batch
+    of images (traced on the images of the ``example`` windows).
 
     Why ``torch.export``: it stores the graph (as JSON) and the weights (raw bytes, no pickle)
-    of the rasteriser and the ViT together, and loads without transformers or this library; the
-    program runs on CPU or CUDA (moved with ``move_to_device_pass``) and under autocast
-    (fp16/bf16) like any torch code, so the GPU renders and encodes in one place.
+    and loads without transformers; the program runs on CPU or CUDA (moved with
+    ``move_to_device_pass``) and under autocast (fp16/bf16) like any torch code.
     """
-    module = VisionPath(core.vision, core.n_variates).eval()
+    module = ViTGraph(core.vision).eval()
+    pixels = vision_pixels(core, example)
     with quiet(), torch.no_grad():
-        program = torch.export.export(module, (example,), dynamic_shapes={"x": {0: _batch_dim()}})
+        program = torch.export.export(
+            module, (pixels,), dynamic_shapes={"pixels": {0: _batch_dim()}}
+        )
     program.example_inputs = None  # keep sample data out of the bundle
     torch.export.save(program, str(path))
 

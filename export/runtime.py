@@ -26,6 +26,7 @@ from timesclip_export.bundle import (
     load_vision_program,
     read_manifest,
     verify_files,
+    window_vision,
 )
 from timesclip_export.errors import BundleError, DeviceError, InputError, TimestampError
 
@@ -140,9 +141,10 @@ class RollingForecaster:
         files = OPTIMIZED_FILES if optimized else GRAPH_FILES
         self._text = self._session(self.bundle / files["text"])
         self._fusion = self._session(self.bundle / files["fusion"])
-        self._vision = load_vision_program(self.bundle / VISION_FILE, str(self.device))
+        program = load_vision_program(self.bundle / VISION_FILE, str(self.device))
         if compile_vision:
-            self._vision = torch.compile(self._vision, dynamic=True)
+            program = torch.compile(program, dynamic=True)
+        self._vision = window_vision(program, spec, VISION_DTYPES[vision_dtype])
         self.compile_vision = compile_vision
         pixels = spec["image_size"] ** 2 * len(self.inputs)
         self.vision_batch = vision_batch or max(1, _VISION_PIXELS[self.device.type] // pixels)
@@ -413,14 +415,9 @@ class RollingForecaster:
         """Scaled windows ``[B, T, N]`` -> forecasts ``[B, H, N_t, P]`` (the shared buffer)."""
         buffers = self._buffers_for(windows.shape[0])
         buffers.x.copy_(windows)
-        autocast_dtype = VISION_DTYPES[self.vision_dtype]
         for start in range(0, windows.shape[0], self.vision_batch):
             stop = start + self.vision_batch
-            if autocast_dtype is None:
-                buffers.features[start:stop] = self._vision(buffers.x[start:stop])
-            else:
-                with torch.autocast(self.device.type, dtype=autocast_dtype):
-                    buffers.features[start:stop] = self._vision(buffers.x[start:stop])
+            buffers.features[start:stop] = self._vision(buffers.x[start:stop])
         self._text.run_with_iobinding(buffers.text_binding)
         self._fusion.run_with_iobinding(buffers.fusion_binding)
         return buffers.forecast

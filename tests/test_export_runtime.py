@@ -114,6 +114,10 @@ def test_manifest_describes_the_model_files_and_graphs(bundle: Path, splits) -> 
     np.testing.assert_allclose(manifest["scaler"]["mean"], fitted.mean_, rtol=1e-12)
     np.testing.assert_allclose(manifest["scaler"]["scale"], fitted.scale_, rtol=1e-12)
     assert manifest["dtypes"]["input"] == "float32" and manifest["onnx"]["opset"] == 18
+    # vision.pt2 is the ViT alone; the runtime draws 32-px images with 1-px lines (tiny preset).
+    renderer = manifest["vision"]["renderer"]
+    assert renderer["module"] == "timesclip_darts.rendering" and renderer["version"] == 1
+    assert (renderer["image_size"], renderer["line_width"]) == (32, 1.0)
     files = {"vision.pt2", "text.onnx", "fusion.onnx", "text.opt.onnx", "fusion.opt.onnx"}
     assert set(manifest["files"]) == files
     assert {p.name for p in bundle.iterdir()} == files | {"manifest.json"}
@@ -311,6 +315,16 @@ def _edit_manifest(folder: Path, change) -> None:
             BundleVersionError,
             "bundle format version 99",
         ),
+        (  # format 1 held the rasteriser inside vision.pt2; this runtime draws itself
+            lambda d: _edit_manifest(d, lambda m: m.update(format_version=1)),
+            BundleVersionError,
+            "bundle format version 1 .* re-export",
+        ),
+        (
+            lambda d: _edit_manifest(d, lambda m: m["vision"]["renderer"].update(version=0)),
+            BundleVersionError,
+            "images of rasteriser version 0",
+        ),
         (
             lambda d: _edit_manifest(d, lambda m: m["versions"].update(torch="1.13.1")),
             BundleVersionError,
@@ -488,13 +502,14 @@ forecaster = RollingForecaster(sys.argv[1])
 values = np.random.default_rng(0).normal(10, 3, size=(100, 7)).astype(np.float32)
 out = forecaster.rolling(values)
 forecaster.update(values[:97])
-heavy = ["darts", "lightning", "pytorch_lightning", "transformers", "matplotlib", "sklearn",
-         "timesclip_darts"]
+heavy = ["darts", "lightning", "pytorch_lightning", "transformers", "matplotlib", "sklearn"]
 print(out.shape, sorted(m for m in heavy if m in sys.modules))
+print(sorted(m for m in sys.modules if m.startswith("timesclip_darts")))
 """
 
 
 def test_the_runtime_imports_no_darts_lightning_transformers_or_matplotlib(bundle: Path) -> None:
+    """The runtime draws with the library's rasteriser, and loads nothing else of it."""
     done = subprocess.run(
         [sys.executable, "-c", RUNTIME_ONLY, str(bundle)],
         capture_output=True,
@@ -503,7 +518,10 @@ def test_the_runtime_imports_no_darts_lightning_transformers_or_matplotlib(bundl
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"(5, {OCL}, 7) []"
+    shapes, light = done.stdout.strip().splitlines()
+    assert shapes == f"(5, {OCL}, 7) []"
+    light_modules = ["timesclip_darts", "timesclip_darts.preprocessor", "timesclip_darts.rendering"]
+    assert light == str(light_modules)
 
 
 # ------------------------------------------------------------------------------ benchmark

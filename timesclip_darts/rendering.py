@@ -11,9 +11,9 @@ segments instead of all ``T-1``; the work is ``O(B·N·S²·K)`` tensor ops with
 windows or variates. On CPU the same coverage is computed by a compiled kernel (numba, which Darts
 already depends on) that visits only the pixels inside each segment's bounding box, many times
 less work than the dense field; tests hold the two within 1e-4 of each other. The dense torch
-path serves CUDA and the exported vision program (``torch.export`` cannot trace numba). The
-matplotlib renderer uses the same limits, colours and line style and is the reference the tests
-compare against.
+path serves CUDA. The export's runtime draws with this module too (bundles hold only the ViT).
+The matplotlib renderer uses the same limits, colours and line style and is the reference the
+tests compare against.
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 Y_MARGIN = 0.05
 MIN_Y_RANGE = 1e-3
+# Version of the pixels this module draws: exported bundles record it and the runtime, which
+# draws with this module, refuses a bundle made with another. Bump it when any pixel changes.
+RENDERER_VERSION = 1
 # Bound on the elements of one distance tensor, to keep peak memory flat for large batches.
 _MAX_ELEMENTS_PER_CHUNK = 1 << 22
 

@@ -1,0 +1,64 @@
+"""The runtime's vision path: windows -> line-plot images -> the bundle's frozen ViT program.
+
+The bundle's ``vision.pt2`` holds the ViT alone (CLIP-normalised pixels -> pooled features);
+the images are drawn here by the library's own rasteriser, ``timesclip_darts.rendering`` (torch
+and numpy, plus numba on CPU; importing it loads no Darts, Lightning or transformers). That is
+the same code the Darts model draws with, so both paths pick the same backend per device: the
+compiled kernel on CPU, which visits only the pixels near each segment and is ~10-20x faster
+than the dense torch field ``torch.export`` could trace, and the dense field on CUDA. The
+manifest records the rasteriser's version; a bundle drawn by another version is refused.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+RENDER_MODULE = "timesclip_darts.rendering"
+
+
+def renderer_version() -> int:
+    """Version of the installed rasteriser's pixels (``rendering.RENDERER_VERSION``)."""
+    from timesclip_darts import rendering
+
+    return int(rendering.RENDERER_VERSION)
+
+
+class WindowVision:
+    """Scaled windows ``[B, T, N]`` -> ViT features ``[B, N, F]``: instance norm, the library's
+    rasteriser, CLIP pixel normalisation, then the exported ViT program."""
+
+    def __init__(
+        self,
+        program: Any,
+        image_size: int,
+        line_width: float,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.program = program
+        self.image_size = image_size
+        self.line_width = line_width
+        self.autocast_dtype = autocast_dtype  # the ViT only: the images stay float32
+
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """The images the ViT sees, ``[B*N, 3, S, S]``, CLIP-normalised."""
+        from timesclip_darts.preprocessor import instance_normalize
+        from timesclip_darts.rendering import clip_normalize, render_windows
+
+        x_norm, _ = instance_normalize(x)
+        images = render_windows(x_norm, self.image_size, self.line_width)
+        return clip_normalize(images).flatten(0, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        b, _, n = x.shape
+        pixels = self.pixels(x)
+        if self.autocast_dtype is None:
+            features = self.program(pixels)
+        else:
+            with torch.autocast(pixels.device.type, dtype=self.autocast_dtype):
+                features = self.program(pixels)
+        return features.reshape(b, n, -1)
