@@ -11,9 +11,10 @@ Darts' ``historical_forecasts(retrain=False, last_points_only=False)``.
 Budget, the same for every trained row: at most ``--epochs`` epochs over the most recent
 ``--train-windows`` training windows (Darts' ``max_samples_per_ts``), batch 32, early stopping
 on the forecasting loss of the last ``--val-windows`` validation windows (patience
-``--patience``), one CPU thread per model (``--jobs`` models run side by side). Wall times are
-reported per row. Every row runs with every seed in ``--seeds``; the table gives mean and
-spread (half the range over seeds). Writes JSON and plots (``--out``).
+``--patience``), then the test run on the epoch with the lowest validation loss; one CPU
+thread per model (``--jobs`` models run side by side). Wall times are reported per row. Every
+row runs with every seed in ``--seeds``; the table gives mean and spread (half the range over
+seeds). Writes JSON and plots (``--out``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 INPUT, HORIZON = 96, 96
 NAIVE = "repeat last value"
+CHECKPOINT_NAME = "row"
 TIMESCLIP = "TimesCLIP"
 ABLATIONS = {  # row name -> TimesCLIPModel switches
     "TimesCLIP, no vision": dict(use_vision=False),
@@ -78,6 +80,7 @@ class Result:
     mae: float
     train_s: float
     epochs_run: int
+    best_epoch: int  # the epoch (1-based) whose weights were tested: lowest validation loss
     test_s: float
     test_windows: int
     forecasts_per_s: float
@@ -100,8 +103,9 @@ def _test_split(dataset: str, data_dir: str | None, budget: Budget):
     return test
 
 
-def build_model(name: str, seed: int, budget: Budget, callbacks: tuple = ()):
-    """A fresh model of row ``name`` with the shared budget (``callbacks`` join early stopping)."""
+def build_model(name: str, seed: int, budget: Budget, work_dir: str | None = None):
+    """A fresh model of row ``name`` with the shared budget. With ``work_dir``, Darts keeps the
+    best checkpoint by validation loss there."""
     import torch
     from darts.models import (
         DLinearModel,
@@ -117,17 +121,20 @@ def build_model(name: str, seed: int, budget: Budget, callbacks: tuple = ()):
 
     if name == NAIVE:
         return GlobalNaiveSeasonal(input_chunk_length=1, output_chunk_length=HORIZON)
+    checkpoints = (
+        dict(save_checkpoints=True, work_dir=work_dir, model_name=CHECKPOINT_NAME, force_reset=True)
+        if work_dir
+        else {}
+    )
     common = dict(
         n_epochs=budget.epochs,
         batch_size=budget.batch_size,
         random_state=seed,
+        **checkpoints,
         pl_trainer_kwargs={
             "enable_progress_bar": False,
             "enable_model_summary": False,
-            "callbacks": [
-                EarlyStopping("val_loss", patience=budget.patience, mode="min"),
-                *callbacks,
-            ],
+            "callbacks": [EarlyStopping("val_loss", patience=budget.patience, mode="min")],
         },
     )
     if name == TIMESCLIP or name in ABLATIONS:
@@ -168,6 +175,12 @@ def build_model(name: str, seed: int, budget: Budget, callbacks: tuple = ()):
     raise ValueError(f"unknown row '{name}'")
 
 
+def _best_epoch(work_dir: Path) -> int:
+    """The 1-based epoch of Darts' best checkpoint (named ``best-epoch=<0-based>-...``)."""
+    (path,) = (work_dir / CHECKPOINT_NAME / "checkpoints").glob("best-epoch=*")
+    return int(path.name.split("=")[1].split("-")[0]) + 1
+
+
 def run_row(
     dataset: str,
     seed: int,
@@ -179,7 +192,6 @@ def run_row(
 ) -> Result:
     """Train row ``name`` on ``dataset`` with ``seed`` and score it on the test split."""
     import torch
-    from bench_speed import _epoch_clock
 
     from timesclip_darts.evaluation import score_on_test
 
@@ -188,19 +200,25 @@ def run_row(
     test = _test_split(dataset, data_dir, budget)
     val = splits.val[-(INPUT + HORIZON + budget.val_windows - 1) :]
     loader = {"pin_memory": torch.cuda.is_available()}
-    clock = _epoch_clock()  # counts the epochs early stopping let run
-    model = build_model(name, seed, budget, callbacks=(clock,))
-    started = time.perf_counter()
-    if name == NAIVE:
-        model.fit(splits.train)
-    else:
-        model.fit(
-            splits.train,
-            val_series=val,
-            max_samples_per_ts=budget.train_windows,
-            dataloader_kwargs=loader,
-        )
-    train_s = time.perf_counter() - started
+    epochs_run = best_epoch = 0
+    with tempfile.TemporaryDirectory(prefix="bench-accuracy-") as work_dir:
+        model = build_model(name, seed, budget, work_dir=work_dir)
+        started = time.perf_counter()
+        if name == NAIVE:
+            model.fit(splits.train)
+        else:
+            model.fit(
+                splits.train,
+                val_series=val,
+                max_samples_per_ts=budget.train_windows,
+                dataloader_kwargs=loader,
+            )
+            epochs_run = int(model.epochs_trained)  # what early stopping let run
+            # Test the epoch with the lowest validation loss, as the literature's early stopping
+            # does, not the last one (which is `patience` epochs past it when it stopped early).
+            best_epoch = _best_epoch(Path(work_dir))
+            model = type(model).load_from_checkpoint(CHECKPOINT_NAME, work_dir=work_dir, best=True)
+        train_s = time.perf_counter() - started
     score = score_on_test(model, test, INPUT, HORIZON, {"dataloader_kwargs": loader})
     network = getattr(model, "model", None)
     n_params = sum(p.numel() for p in network.parameters() if p.requires_grad) if network else 0
@@ -223,7 +241,8 @@ def run_row(
         score.mse,
         score.mae,
         train_s,
-        len(clock.seconds),
+        epochs_run,
+        best_epoch,
         score.seconds,
         n,
         score.forecasts_per_second,
@@ -242,7 +261,15 @@ def summarise(results: list[Result]) -> dict[str, dict[str, dict[str, float]]]:
         for model in rows:
             runs = [r for r in results if r.dataset == dataset and r.model == model]
             entry = {"seeds": len(runs)}
-            for key in ("mse", "mae", "train_s", "test_s", "forecasts_per_s", "epochs_run"):
+            for key in (
+                "mse",
+                "mae",
+                "train_s",
+                "test_s",
+                "forecasts_per_s",
+                "epochs_run",
+                "best_epoch",
+            ):
                 values = np.array([getattr(r, key) for r in runs], dtype=float)
                 entry[key] = float(values.mean())
                 entry[f"{key}_spread"] = float((values.max() - values.min()) / 2)
@@ -264,13 +291,16 @@ def print_table(table: dict, comparison: list[str]) -> None:
     for dataset, rows in table.items():
         compared = [m for m in comparison if m in rows]
         print(f"\n{dataset}: input {INPUT} -> {HORIZON}, MSE/MAE (scaled) over all test windows")
-        print(f"{'model':<34} {'MSE':>14} {'MAE':>14} {'epochs':>6} {'train s':>8} {'fc/s':>8}")
+        print(
+            f"{'model':<34} {'MSE':>14} {'MAE':>14} {'epochs':>6} {'best':>5} "
+            f"{'train s':>8} {'fc/s':>8}"
+        )
         for model, e in _by_mse(rows):
             mark = "" if model in compared else "  (ablation)"
             print(
                 f"{model:<34} {e['mse']:>7.4f}±{e['mse_spread']:.4f} "
                 f"{e['mae']:>7.4f}±{e['mae_spread']:.4f} {e['epochs_run']:>6.1f} "
-                f"{e['train_s']:>8.1f} {e['forecasts_per_s']:>8.0f}{mark}"
+                f"{e['best_epoch']:>5.1f} {e['train_s']:>8.1f} {e['forecasts_per_s']:>8.0f}{mark}"
             )
         for name, value_mse, value_mae in [(n, a, b) for d, n, a, b in PUBLISHED if d == dataset]:
             print(f"{name:<34} {value_mse:>7.3f} (pub.) {value_mae:>7.3f} (pub.)")
@@ -447,7 +477,8 @@ def main(argv: list[str] | None = None) -> dict:
 def _progress(result: Result, done: int, total: int) -> None:
     print(
         f"[{done}/{total}] {result.dataset} seed {result.seed} {result.model}: "
-        f"MSE {result.mse:.4f} MAE {result.mae:.4f}, {result.epochs_run} epochs, "
+        f"MSE {result.mse:.4f} MAE {result.mae:.4f}, "
+        f"{result.epochs_run} epochs (best {result.best_epoch}), "
         f"train {result.train_s:.0f} s, test {result.test_s:.0f} s",
         flush=True,
     )
