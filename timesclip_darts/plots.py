@@ -96,22 +96,31 @@ def plot_selection_attention(
 
 
 def plot_metric_bars(
-    values: dict[str, dict[str, tuple[float, float]]], metric: str, path: str | Path
+    values: dict[str, dict[str, tuple[float, float]]],
+    metric: str,
+    path: str | Path,
+    highlight: str = "TimesCLIP",
 ) -> Path:
-    """Grouped bars of ``values[dataset][model] = (mean, spread)`` with the spread as error bars:
-    one group per dataset, one bar per model, in the order given."""
+    """One panel per dataset of ``values[dataset][model] = (mean, spread)``: horizontal bars,
+    best (lowest) at the top, the spread as error bars and the value written on each bar; rows
+    whose name starts with ``highlight`` in colour, the others grey, so the model in question
+    stands out among however many rows there are."""
     datasets = list(values)
-    models = list(dict.fromkeys(m for d in datasets for m in values[d]))
-    width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(2.0 + 1.1 * len(models) * len(datasets) * 0.5, 3.6))
-    for i, model in enumerate(models):
-        means = [values[d].get(model, (np.nan, 0.0))[0] for d in datasets]
-        spreads = [values[d].get(model, (np.nan, 0.0))[1] for d in datasets]
-        positions = np.arange(len(datasets)) + (i - (len(models) - 1) / 2) * width
-        ax.bar(positions, means, width, yerr=spreads, capsize=2, label=model)
-    ax.set_xticks(range(len(datasets)), datasets)
-    ax.set_ylabel(metric)
-    ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    height = 0.9 + 0.3 * max(len(rows) for rows in values.values())
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), height), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        rows = sorted(values[dataset].items(), key=lambda kv: kv[1][0], reverse=True)
+        names = [name for name, _ in rows]
+        means = np.array([mean for _, (mean, _) in rows])
+        spreads = [spread for _, (_, spread) in rows]
+        colors = ["tab:red" if n.startswith(highlight) else "tab:gray" for n in names]
+        ax.barh(names, means, xerr=spreads, color=colors, capsize=2)
+        for y, mean in enumerate(means):
+            ax.text(mean, y, f" {mean:.3f}", va="center", fontsize=7)
+        ax.set_xlim(0, means.max() * 1.18)
+        ax.set_title(dataset)
+        ax.set_xlabel(metric)
+        ax.tick_params(axis="y", labelsize=8)
     return _save(fig, path)
 
 
