@@ -195,6 +195,8 @@ def run_row(
 
     from timesclip_darts.evaluation import score_on_test
 
+    # Lightning resets torch's threads to the core count at fit unless OMP_NUM_THREADS is set.
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
     splits = _splits(dataset, data_dir)
     test = _test_split(dataset, data_dir, budget)

@@ -259,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     from timesclip_export.bundle import export_bundle, library_versions
 
     if args.threads:
+        # Lightning resets torch's threads to the core count at fit unless OMP_NUM_THREADS is set.
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
         torch.set_num_threads(args.threads)
 
     from timesclip_darts import TimesCLIPModel

@@ -68,6 +68,17 @@ def test_cpu_kernel_draws_what_the_dense_torch_field_draws(
     torch.testing.assert_close(render_windows(x, image_size, line_width), kernel)  # auto on CPU
 
 
+def test_cpu_kernel_leaves_torchs_thread_count_alone() -> None:
+    """numba's OpenMP layer shares torch's setting: a render must not undo the user's choice."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        render_windows(torch.randn(2, 16, 3), 32, backend="cpu-kernel")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_unknown_backend_is_named() -> None:
     with pytest.raises(ValueError, match="unknown backend 'gpu'"):
         render_windows(torch.zeros(1, 8, 1), 32, backend="gpu")

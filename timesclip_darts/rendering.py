@@ -160,12 +160,15 @@ def _draw_cpu(
     import numba
 
     out = np.empty((values.shape[0], 3, image_size, image_size), dtype=np.float32)
-    threads = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+    numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
     try:
         _cpu_kernel()(values.numpy(), image_size, float(line_width), colors.numpy(), out)
     finally:
-        numba.set_num_threads(threads)
+        numba.set_num_threads(numba_threads)
+        # numba's OpenMP layer shares torch's thread pool setting: restoring numba's count
+        # would otherwise leave torch on it (a user's torch.set_num_threads(1) silently undone).
+        torch.set_num_threads(torch_threads)
     return torch.from_numpy(out)
 
 
