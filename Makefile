@@ -24,7 +24,7 @@ lint: install
 demo: install
 	$(BIN)/timesclip-darts demo
 
-# Every benchmark figure in benchmarks/README.md (about an hour on 2 CPU cores).
+# Every benchmark figure in benchmarks/README.md (about 40 minutes on 2 CPU cores).
 bench: install
 	$(BIN)/python benchmarks/bench_accuracy.py
 	$(BIN)/python benchmarks/bench_speed.py

@@ -1,6 +1,6 @@
 """Accuracy on the standard ETT protocol: TimesCLIP against Darts' own models, with ablations.
 
-    python benchmarks/bench_accuracy.py           # the full table (about an hour, 2 cores)
+    python benchmarks/bench_accuracy.py           # the full table (about 22 minutes, 2 cores)
     python benchmarks/bench_accuracy.py --smoke   # what CI runs: tiny budget, ETTh1, seconds
 
 Protocol (as the long-term forecasting literature, ``../shared/data/ETT/README.md``): all 7

@@ -1,5 +1,6 @@
-"""The deployment runtime: rolling and streaming forecasts from a bundle with torch, numpy and
-onnxruntime only (no Darts, Lightning, transformers or matplotlib).
+"""The deployment runtime: rolling and streaming forecasts from a bundle with torch, numpy,
+onnxruntime and the library's rasteriser (``timesclip_darts.rendering``, numba on CPU) only: no
+Darts, Lightning, transformers or matplotlib.
 
 Per batch of windows, everything stays on one device: the windows are cut from the series on the
 device (one host-to-device copy per call), the vision program (torch) and the two ONNX graphs
@@ -71,12 +72,13 @@ class RollingForecaster:
         vision_batch: windows per call of the vision path within a batch (default: as many as
             fit a pixel budget, smaller on CPU where cache-sized slices are faster).
         vision_dtype: ``"float32"``, or ``"float16"``/``"bfloat16"`` to run the ViT under autocast
-            (the rasteriser and the ONNX graphs stay float32).
+            (the images and the ONNX graphs stay float32).
         apply_scaler: with a scaler in the bundle, scale inputs and inverse-scale forecasts here
             (the default); ``False`` when the inputs are already scaled as in training.
-        compile_vision: run the vision program through ``torch.compile`` (inductor fuses the
-            rasteriser's elementwise chain: 1.6-3.5x faster vision path on CPU). The first call
-            compiles for tens of seconds; needs a C++ compiler on CPU, triton on CUDA.
+        compile_vision: run the ViT program through ``torch.compile``. The first call compiles
+            for tens of seconds and needs a C++ compiler on CPU, triton on CUDA; on this
+            project's CPU it no longer pays (the rasteriser, which it used to fuse, is the numba
+            kernel now: ``benchmarks/README_runtime.md``), on CUDA it is untested.
         onnx_threads: ONNX Runtime's intra-op threads (default: its own, one per core); torch's
             are set with ``torch.set_num_threads``.
         verify: check every file's sha256 against the manifest on load.
