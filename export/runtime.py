@@ -36,10 +36,11 @@ VISION_DTYPES: dict[str, torch.dtype | None] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-# Pixels rendered per vision call (images x S²). The rasteriser's temporaries are ~20 floats per
-# pixel: on CPU, slices of ~2^19 pixels stay cache-friendly and measured fastest for the tiny and
-# small presets (~1.5x over whole batches of 256 windows); on CUDA, 2^24 pixels (~1.3 GB of
-# temporaries) keep the GPU busy while bounding memory at 224 px.
+# Pixels per vision call (images x S²). On CPU, slices of ~2^19 pixels keep the ViT's activations
+# cache-friendly: re-measured with the numba rasteriser (1 thread), 64-128 windows per call were
+# fastest for the tiny preset and ~16 for the small one, and whole batches of 256 windows 5-45 %
+# slower. On CUDA the dense torch rasteriser's temporaries are ~20 floats per pixel: 2^24 pixels
+# (~1.3 GB) keep the GPU busy while bounding memory at 224 px.
 _VISION_PIXELS = {"cpu": 1 << 19, "cuda": 1 << 24}
 _CACHED_BATCH_SIZES = 4
 # Bound on input magnitudes when a bundle does not state one. Bundles carry the core model's own
