@@ -103,9 +103,9 @@ def _test_split(dataset: str, data_dir: str | None, budget: Budget):
     return test
 
 
-def build_model(name: str, seed: int, budget: Budget, work_dir: str | None = None):
-    """A fresh model of row ``name`` with the shared budget. With ``work_dir``, Darts keeps the
-    best checkpoint by validation loss there."""
+def build_model(name: str, seed: int, budget: Budget, work_dir: str):
+    """A fresh model of row ``name`` with the shared budget; Darts keeps its best checkpoint by
+    validation loss in ``work_dir``."""
     import torch
     from darts.models import (
         DLinearModel,
@@ -121,16 +121,14 @@ def build_model(name: str, seed: int, budget: Budget, work_dir: str | None = Non
 
     if name == NAIVE:
         return GlobalNaiveSeasonal(input_chunk_length=1, output_chunk_length=HORIZON)
-    checkpoints = (
-        dict(save_checkpoints=True, work_dir=work_dir, model_name=CHECKPOINT_NAME, force_reset=True)
-        if work_dir
-        else {}
-    )
     common = dict(
         n_epochs=budget.epochs,
         batch_size=budget.batch_size,
         random_state=seed,
-        **checkpoints,
+        save_checkpoints=True,
+        work_dir=work_dir,
+        model_name=CHECKPOINT_NAME,
+        force_reset=True,
         pl_trainer_kwargs={
             "enable_progress_bar": False,
             "enable_model_summary": False,
@@ -317,11 +315,7 @@ def draw_plots(results: list[Result], table: dict, args, budget: Budget, out: Pa
     from timesclip_darts.plots import plot_forecasts, plot_metric_bars, plot_selection_attention
 
     bars = {
-        d: {
-            m: (e["mse"], e["mse_spread"])
-            for m, e in sorted(rows.items(), key=lambda kv: kv[1]["mse"])
-        }
-        for d, rows in table.items()
+        d: {m: (e["mse"], e["mse_spread"]) for m, e in rows.items()} for d, rows in table.items()
     }
     paths = [plot_metric_bars(bars, "test MSE (scaled)", out / "mse_by_model.png")]
     for dataset in table:

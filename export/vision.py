@@ -37,6 +37,14 @@ class WindowVision:
         line_width: float,
         autocast_dtype: torch.dtype | None = None,
     ) -> None:
+        import torch
+
+        from timesclip_darts.preprocessor import instance_normalize
+        from timesclip_darts.rendering import vit_images
+
+        self._autocast = torch.autocast
+        self._instance_normalize = instance_normalize
+        self._vit_images = vit_images
         self.program = program
         self.image_size = image_size
         self.line_width = line_width
@@ -44,21 +52,15 @@ class WindowVision:
 
     def pixels(self, x: torch.Tensor) -> torch.Tensor:
         """The images the ViT sees, ``[B*N, 3, S, S]``, CLIP-normalised."""
-        from timesclip_darts.preprocessor import instance_normalize
-        from timesclip_darts.rendering import clip_normalize, render_windows
-
-        x_norm, _ = instance_normalize(x)
-        images = render_windows(x_norm, self.image_size, self.line_width)
-        return clip_normalize(images).flatten(0, 1)
+        x_norm, _ = self._instance_normalize(x)
+        return self._vit_images(x_norm, self.image_size, self.line_width).flatten(0, 1)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        import torch
-
         b, _, n = x.shape
         pixels = self.pixels(x)
         if self.autocast_dtype is None:
             features = self.program(pixels)
         else:
-            with torch.autocast(pixels.device.type, dtype=self.autocast_dtype):
+            with self._autocast(pixels.device.type, dtype=self.autocast_dtype):
                 features = self.program(pixels)
         return features.reshape(b, n, -1)

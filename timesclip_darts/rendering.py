@@ -213,6 +213,14 @@ def clip_normalize(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
+def vit_images(
+    x_norm: torch.Tensor, image_size: int, line_width: float | None = None
+) -> torch.Tensor:
+    """The images a CLIP ViT sees for windows ``[B, T, N]``: :func:`render_windows`, then
+    :func:`clip_normalize` -> ``[B, N, 3, S, S]``. The model and the export's runtime share it."""
+    return clip_normalize(render_windows(x_norm, image_size, line_width))
+
+
 class MatplotlibRenderer:
     """Reference renderer: the same pictures drawn by matplotlib (Agg), one figure reused.
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers import CLIPVisionModel
 
-from timesclip_darts.rendering import clip_normalize, render_windows
+from timesclip_darts.rendering import vit_images
 
 
 class FeatureCache:
@@ -98,7 +98,7 @@ class VisionModule(nn.Module):
 
     def render(self, x_norm: torch.Tensor) -> torch.Tensor:
         """Images the ViT sees, ``[B, N, 3, S, S]``, CLIP-normalised."""
-        return clip_normalize(render_windows(x_norm, self.image_size, self.line_width))
+        return vit_images(x_norm, self.image_size, self.line_width)
 
     def encode(self, x_norm: torch.Tensor) -> torch.Tensor:
         """ViT features (pooled, post-LayerNorm CLS) of each variate: ``[B, N, F]``.
