@@ -187,10 +187,14 @@ def bench_training(preset: str, windows: int, epochs: int, data_dir: str | None)
         forecasts[label] = model.predict(
             96, series=splits.val[:96], dataloader_kwargs=loader
         ).values()
+        cache = model.model.core.vision.cache
         runs[label] = {
             "epoch_s": clock.seconds,
             "windows_per_s": [windows / s for s in clock.seconds],
             "peak_rss_mib": clock.peak_mib,
+            # Windows served from the cache, and the bytes it still holds after fit (must be 0).
+            "cache_hits": None if cache is None else cache.hits,
+            "cache_bytes_after_fit": 0 if cache is None else cache.used_bytes,
         }
     difference = float(np.abs(forecasts["cache"] - forecasts["no cache"]).max())
     ratio = runs["no cache"]["epoch_s"][1] / runs["cache"]["epoch_s"][1]

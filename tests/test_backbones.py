@@ -55,10 +55,13 @@ def test_separate_tower_folders_load(tmp_path: Path) -> None:
     clip.save_pretrained(tmp_path / "full")
     CLIPVisionModel.from_pretrained(tmp_path / "full").save_pretrained(tmp_path / "vision")
     CLIPTextModel.from_pretrained(tmp_path / "full").save_pretrained(tmp_path / "text")
-    v = load_clip_towers(str(tmp_path / "vision")).vision
-    t = load_clip_towers(str(tmp_path / "text")).text
+    vision = load_clip_towers(str(tmp_path / "vision"), allow_random_towers=True)
+    text = load_clip_towers(str(tmp_path / "text"), allow_random_towers=True)
+    v, t = vision.vision, text.text
     torch.testing.assert_close(v.post_layernorm.weight, clip.vision_model.post_layernorm.weight)
     torch.testing.assert_close(t.final_layer_norm.weight, clip.text_model.final_layer_norm.weight)
+    assert (vision.info.vision_pretrained, vision.info.text_pretrained) == (True, False)
+    assert (text.info.vision_pretrained, text.info.text_pretrained) == (False, True)
 
 
 def test_folder_without_config_names_the_problem(tmp_path: Path) -> None:

@@ -56,7 +56,9 @@ def test_bad_windows_raise_value_error(model: TimesCLIP, x, message: str) -> Non
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (dict(time_steps=8), "shorter than one patch"),
+        (dict(time_steps=8, patch_length=16, stride=8), "shorter than one patch"),
+        (dict(time_steps=1), "at least 2"),
+        (dict(patch_length=8), "both patch_length and stride"),
         (dict(d_model=30), "divisible by n_heads"),
         (dict(temperature=0.0), "temperature"),
         (dict(n_targets=5), "n_targets"),

@@ -143,7 +143,7 @@ def test_probabilistic_forecasts_are_calibrated_looking(series: TimeSeries, like
     model = small_model(likelihood=likelihood, n_epochs=3, optimizer_kwargs={"lr": 3e-3})
     model.fit(series[:900])
     starts = list(range(900, 1200 - OCL, OCL))
-    inside, total = 0, 0
+    inside, total, widths = 0, 0, []
     for start in starts:
         forecast = model.predict(OCL, series=series[:start], num_samples=200)
         assert forecast.n_samples == 200
@@ -152,8 +152,13 @@ def test_probabilistic_forecasts_are_calibrated_looking(series: TimeSeries, like
         truth = series[start : start + OCL].values()
         inside += ((truth >= low) & (truth <= high)).sum()
         total += truth.size
-    coverage = inside / total
-    assert 0.5 <= coverage <= 1.0, coverage  # nominal 0.9 after three tiny epochs
+        widths.append(float(np.mean(high - low)))
+    coverage, width = inside / total, float(np.mean(widths))
+    # Nominal 0.9 (measured 0.91 quantile, 0.94 Gaussian). An interval that ignores the data
+    # (too wide: coverage ~1; too narrow or mis-scaled) fails one of these: on series of unit
+    # std, the interval of N(0, 1) itself is 3.3 wide.
+    assert 0.8 <= coverage <= 0.98, coverage
+    assert 0.5 < width < 3.0, width
 
 
 def test_historical_forecasts_and_backtest(fitted: TimesCLIPModel, series: TimeSeries) -> None:
@@ -269,13 +274,6 @@ def test_same_random_state_gives_identical_forecasts(series: TimeSeries) -> None
         model.fit(series[:400])
         forecasts.append(model.predict(OCL).values())
     np.testing.assert_array_equal(forecasts[0], forecasts[1])
-
-
-def test_reversible_instance_norm_is_honoured(series: TimeSeries) -> None:
-    model = small_model(use_reversible_instance_norm=True)
-    model.fit(series[:300])
-    assert model.model.rin is not None
-    assert np.isfinite(model.predict(OCL).values()).all()
 
 
 QUIET_SCRIPT = """

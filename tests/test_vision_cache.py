@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from tests.conftest import etth1_series
 from timesclip_darts import TimesCLIP, TimesCLIPModel
-from timesclip_darts.vision_module import FeatureCache
+from timesclip_darts.vision_module import FeatureCache, gather_features
 
 
 def test_cache_is_bounded_in_bytes_and_evicts_least_recently_used() -> None:
@@ -42,6 +43,8 @@ def test_cached_features_equal_computed_ones_and_skip_the_vit() -> None:
         vision_cache_mb=16,
     )
     x_norm = torch.randn(6, 48, 3)
+    assert not model.vision.cache_enabled  # off unless training asks for it
+    model.vision.use_cache(True)
     fresh = model.vision.encode(x_norm[:4])
     calls = []
     original = model.vision._encode
@@ -74,3 +77,56 @@ def test_training_with_the_cache_changes_no_forecast() -> None:
     windows = len(series) - 48 - 12 + 1
     assert caches[1].hits >= windows  # every window of epoch 2 came from the cache
     np.testing.assert_allclose(forecasts[1], forecasts[0], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_keys_work_for_every_floating_dtype_and_tell_dtypes_apart(dtype) -> None:
+    x = torch.randn(3, 16, 2)
+    keys = FeatureCache.keys(x.to(dtype))  # .numpy() on bfloat16 raised before
+    assert len(set(keys)) == 3
+    other = torch.float64 if dtype == torch.float32 else torch.float32
+    assert set(keys).isdisjoint(FeatureCache.keys(x.to(other)))
+
+
+def test_stored_rows_are_compact_host_copies_so_the_budget_bounds_memory() -> None:
+    batch = torch.randn(256, 7, 128)  # one batch of features; rows used to be views into it
+    cache = FeatureCache(max_bytes=1 << 20)
+    for i in range(4):
+        cache.put(bytes([i]), batch[i])
+    row = cache.get(b"\x00")
+    assert row.device.type == "cpu" and row.untyped_storage().nbytes() == 7 * 128 * 4
+    assert cache.used_bytes == 4 * 7 * 128 * 4
+    batch.zero_()  # the cache owns its rows: nothing it holds changes with the batch
+    assert row.abs().sum() > 0
+
+
+def test_cached_and_fresh_rows_are_gathered_on_the_inputs_device_and_dtype() -> None:
+    """After training on a GPU, cached rows (host) meet fresh rows (the device): the result
+    must be on the device of the fresh rows. A meta tensor stands in for the GPU here."""
+    host = [torch.randn(7, 16), torch.randn(7, 16)]
+    fresh = torch.empty(1, 7, 16, device="meta", dtype=torch.bfloat16)
+    out = gather_features([host[0], fresh[0], host[1]], fresh)
+    assert out.device.type == "meta" and out.dtype == torch.bfloat16 and out.shape == (3, 7, 16)
+    with pytest.raises(RuntimeError):
+        torch.stack([host[0], fresh[0]])  # what the cache did before: mixed devices fail
+
+
+def test_fit_leaves_no_cache_memory_and_prediction_never_fills_it() -> None:
+    model = TimesCLIPModel(
+        48,
+        12,
+        clip_model_name="tiny",
+        d_model=32,
+        n_heads=4,
+        n_epochs=2,
+        random_state=0,
+        vision_cache_mb=64,
+        pl_trainer_kwargs={"enable_progress_bar": False},
+    )
+    series = etth1_series(0, 200)
+    model.fit(series, max_samples_per_ts=20)
+    cache = model.model.core.vision.cache
+    assert cache.hits == 20 and len(cache) == 0 and cache.used_bytes == 0
+    model.predict(12)
+    model.historical_forecasts(series, forecast_horizon=12, retrain=False, verbose=False)
+    assert len(cache) == 0 and cache.hits == 20

@@ -7,19 +7,27 @@ under ``@io_processor``, and a model class that reads sizes from the first train
 - the training loss is Darts' forecasting loss plus ``lambda_align`` x InfoNCE (both logged); the
   validation loss, which early stopping watches, is the forecasting loss alone;
 - the default optimiser is the paper's: AdamW, the pretrained CLIP text encoder at a tenth of the
-  learning rate of the new parts, cosine decay to 0 over ``n_epochs``; user ``optimizer_cls``,
-  ``optimizer_kwargs`` and ``lr_scheduler_cls`` win;
+  learning rate of the new parts, cosine decay to 0 over the epochs of each ``fit`` call; user
+  ``optimizer_cls``, ``optimizer_kwargs`` and ``lr_scheduler_cls`` win (``None`` turns the
+  schedule off);
 - likelihood parameters are de-normalised per kind: locations (and quantiles) affinely with the
-  window's mean and std, scales multiplied by the std.
+  window's mean and std, scales multiplied by the std;
+- ``use_reversible_instance_norm`` replaces TimesCLIP's own instance norm of the targets by
+  Darts' ``RINorm`` (affine unless ``{"affine": False}``), scales included;
+- the module stores a :class:`TimesCLIPConfig` (with the CLIP towers' configs), so a saved model
+  loads without the CLIP source it was trained from; the pretrained tower weights are copied in
+  once, when the module is first created.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,22 +51,43 @@ from darts.utils.likelihood_models.torch import (
     TorchLikelihood,
 )
 from darts.utils.serialization import add_safe_globals
+from darts.utils.torch import MonteCarloDropout
+from torch import nn
 
-from timesclip_darts.backbones import DEFAULT_CLIP_MODEL
+from timesclip_darts.backbones import DEFAULT_CLIP_MODEL, load_clip_towers
+from timesclip_darts.config import TimesCLIPConfig
 from timesclip_darts.data import check_values
 from timesclip_darts.timesclip import TimesCLIP
 
 logger = logging.getLogger(__name__)
 
 # Lightning announces devices ("GPU available: ...") and product tips through this logger on every
-# fit and predict. Keep its warnings, drop the chatter, unless the user configured it already.
-_lightning_info = logging.getLogger("pytorch_lightning.utilities.rank_zero")
-if _lightning_info.level == logging.NOTSET:
-    _lightning_info.setLevel(logging.WARNING)
-# The frozen ViT is in eval mode on purpose; an empty val loader list is Darts' normal case.
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
-warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+# fit and predict; the frozen ViT is in eval mode on purpose; an empty val loader list is Darts'
+# normal case. Silenced only inside this model's own fit and predict calls (`_quiet_lightning`),
+# never for the rest of the process.
+_LIGHTNING_INFO = "pytorch_lightning.utilities.rank_zero"
+_EXPECTED_WARNINGS = (
+    r"Found \d+ module\(s\) in eval mode",
+    r"Total length of `list` across ranks is zero",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Drop Lightning's chatter and the warnings this model expects, for one call only; a
+    logger level the user set is kept."""
+    info = logging.getLogger(_LIGHTNING_INFO)
+    previous = info.level
+    if previous == logging.NOTSET:
+        info.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            for message in _EXPECTED_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        info.setLevel(previous)
 
 
 class ModelFileError(ValueError):
@@ -96,64 +125,83 @@ def denormalize_parameters(
     return torch.cat([loc, scale, y_norm[..., 2:]], dim=-1)
 
 
+def _rin_precompensate_scale(params: torch.Tensor, rin: nn.Module) -> torch.Tensor:
+    """Raw scale parameters ``[B, H, N, 1]`` in RINorm's space, rewritten so that Darts'
+    ``rin.inverse`` (affine, meant for locations) lands on the raw scale whose softplus is the
+    normalised scale times ``stdev / |affine_weight|``: the spread then follows the data."""
+    stdev = rin.stdev.view(rin.stdev.shape + (1,))
+    mean = rin.mean.view(rin.mean.shape + (1,))
+    weight = torch.ones_like(stdev)
+    bias = torch.zeros_like(stdev)
+    if rin.affine:
+        weight = rin.affine_weight.view(rin.affine_weight.shape + (1,)) + rin.eps * rin.eps
+        bias = rin.affine_bias.view(rin.affine_bias.shape + (1,))
+    wanted = _inverse_softplus(F.softplus(params) * stdev / weight.abs())
+    return (wanted - mean) / stdev * weight + bias
+
+
+def _use_mc_dropout(module: nn.Module) -> None:
+    """Swap every ``nn.Dropout`` below ``module`` for Darts' ``MonteCarloDropout`` (same rate):
+    identical in training and plain prediction, and active on ``predict(mc_dropout=True)``."""
+    for name, child in module.named_children():
+        if type(child) is nn.Dropout:
+            setattr(module, name, MonteCarloDropout(child.p, child.inplace))
+        else:
+            _use_mc_dropout(child)
+
+
+# Arguments of modules saved before the config object existed (their checkpoints still load).
+_LEGACY_ARGUMENTS = (
+    "n_targets",
+    "n_covariates",
+    "nr_params",
+    "clip_model_name",
+    "patch_length",
+    "stride",
+    "d_model",
+    "n_heads",
+    "temperature",
+    "image_size",
+    "line_width",
+    "dropout",
+    "vision_cache_mb",
+    "use_vision",
+    "use_variate_selection",
+    "freeze_vision",
+)
+
+
 class _TimesCLIPModule(PLForecastingModule):
     def __init__(
         self,
-        n_targets: int,
-        n_covariates: int,
-        nr_params: int,
-        clip_model_name: str,
-        patch_length: int,
-        stride: int,
-        d_model: int,
-        n_heads: int,
-        temperature: float,
-        image_size: int | None,
-        line_width: float | None,
-        dropout: float,
-        lambda_align: float,
-        text_encoder_lr: float | None,
-        vision_projection_lr: float | None,
-        # Defaults, so that checkpoints saved before these arguments existed still load.
-        vision_cache_mb: float = 0.0,
-        use_vision: bool = True,
-        use_variate_selection: bool = True,
-        freeze_vision: bool = True,
+        config: dict[str, Any] | None = None,
+        lambda_align: float = 0.1,
+        text_encoder_lr: float | None = None,
+        vision_projection_lr: float | None = None,
         **kwargs: Any,
     ) -> None:
-        """Lightning module around :class:`TimesCLIP`; past covariates are extra input variates."""
+        """Lightning module around :class:`TimesCLIP`, built from its config (a plain dict in
+        the checkpoint): the CLIP towers get random weights here and their trained or
+        pretrained weights afterwards, from the checkpoint or from ``_create_model``."""
+        legacy = {k: kwargs.pop(k) for k in _LEGACY_ARGUMENTS if k in kwargs}
         super().__init__(**kwargs)
-        self.n_targets = n_targets
         self.lambda_align = lambda_align
         self.text_encoder_lr = text_encoder_lr
         self.vision_projection_lr = vision_projection_lr
-        self.core = TimesCLIP(
-            time_steps=self.input_chunk_length,
-            n_variates=n_targets + n_covariates,
-            prediction_steps=self.output_chunk_length,
-            patch_length=patch_length,
-            stride=stride,
-            d_model=d_model,
-            n_heads=n_heads,
-            temperature=temperature,
-            image_size=image_size,
-            clip_model_name=clip_model_name,
-            n_targets=n_targets,
-            n_params=nr_params,
-            dropout=dropout,
-            line_width=line_width,
-            vision_cache_mb=vision_cache_mb,
-            use_vision=use_vision,
-            use_variate_selection=use_variate_selection,
-            freeze_vision=freeze_vision,
-        )
+        if config is None:
+            self.core = _legacy_core(legacy, self.input_chunk_length, self.output_chunk_length)
+        else:
+            self.core = TimesCLIP(TimesCLIPConfig.from_dict(config))
+        self.n_targets = self.core.n_targets
+        _use_mc_dropout(self.core)
 
     @io_processor
     def forward(self, x_in: PLModuleInput) -> PLModuleOutput:
         """Forecast ``(batch, output_chunk_length, n_targets, nr_params)``.
 
         In the training stage the InfoNCE loss travels in ``PLModuleOutput.state`` to
-        ``_train_val_step`` (no other stage sets it, so no prediction loop ever sees it).
+        ``_train_val_step`` (no other stage sets it, so no prediction loop ever sees it). With
+        Darts' RINorm the targets arrive normalised by it and the core leaves them so.
         """
         x = x_in.concatenate_past_features()
         with_alignment = x_in.stage == ModuleStage.TRAIN and self.lambda_align > 0
@@ -162,7 +210,11 @@ class _TimesCLIPModule(PLForecastingModule):
         mean = out.stats.mean[..., :n].transpose(1, 2)
         std = out.stats.std[..., :n].transpose(1, 2)
         params = denormalize_parameters(out.forecast_normalized, mean, std, self.likelihood)
-        return PLModuleOutput(prediction=params.permute(0, 2, 1, 3), state=out.contrastive_loss)
+        params = params.permute(0, 2, 1, 3)
+        if self.rin is not None and _is_location_scale(self.likelihood):
+            scale = _rin_precompensate_scale(params[..., 1:2], self.rin)
+            params = torch.cat([params[..., :1], scale, params[..., 2:]], dim=-1)
+        return PLModuleOutput(prediction=params, state=out.contrastive_loss)
 
     def _train_val_step(self, batch, stage: ModuleStage, criterion, metrics) -> torch.Tensor:
         output = self(batch.to_module_input(stage=stage))
@@ -176,6 +228,16 @@ class _TimesCLIPModule(PLForecastingModule):
         self._update_metrics(output.replace(state=None), batch.future_target, metrics)
         return loss
 
+    # The feature cache serves fit alone: on at its start, off and emptied at its end (also
+    # when it fails), so forecasts never depend on it and no memory stays held after fit.
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self.core.use_feature_cache(True)
+
+    def teardown(self, stage: str) -> None:
+        self.core.use_feature_cache(False)
+        super().teardown(stage)
+
     def configure_optimizers(self):
         lr = self.optimizer_kwargs.get("lr", DEFAULT_LR)
         groups = self.core.get_parameter_groups(
@@ -186,10 +248,40 @@ class _TimesCLIPModule(PLForecastingModule):
         # Darts builds the optimiser from `self.parameters()`. Hand it the parameter groups
         # instead, so that scheduler set-up, its defaults and its error messages stay Darts' own.
         self.parameters = lambda recurse=True: groups
+        kwargs = self.lr_scheduler_kwargs
+        if kwargs.get("T_max", 0) is None:  # the default cosine: over this fit's epochs
+            self.lr_scheduler_kwargs = {**kwargs, "T_max": self._epochs_this_fit()}
         try:
             return super().configure_optimizers()
         finally:
             del self.parameters
+            self.lr_scheduler_kwargs = kwargs
+
+    def _epochs_this_fit(self) -> int:
+        trainer = self._trainer
+        epochs = getattr(trainer, "max_epochs", None) if trainer is not None else None
+        if not epochs or epochs < 0:
+            return 1
+        return max(1, epochs - trainer.current_epoch)
+
+
+def _is_location_scale(likelihood: TorchLikelihood | None) -> bool:
+    return isinstance(likelihood, _LOCATION_SCALE)
+
+
+def _legacy_core(arguments: dict[str, Any], icl: int, ocl: int) -> TimesCLIP:
+    """The core of a checkpoint written before the config object: rebuilt from its CLIP
+    source, as it was then (the source must still be there)."""
+    n_targets = arguments.pop("n_targets")
+    n_covariates = arguments.pop("n_covariates")
+    return TimesCLIP(
+        time_steps=icl,
+        n_variates=n_targets + n_covariates,
+        prediction_steps=ocl,
+        n_targets=n_targets,
+        n_params=arguments.pop("nr_params"),
+        **arguments,
+    )
 
 
 class TimesCLIPModel(PastCovariatesTorchModel):
@@ -199,8 +291,8 @@ class TimesCLIPModel(PastCovariatesTorchModel):
         output_chunk_length: int,
         output_chunk_shift: int = 0,
         clip_model_name: str = DEFAULT_CLIP_MODEL,
-        patch_length: int = 16,
-        stride: int = 8,
+        patch_length: int | None = None,
+        stride: int | None = None,
         d_model: int = 512,
         n_heads: int = 8,
         temperature: float = 0.07,
@@ -214,6 +306,7 @@ class TimesCLIPModel(PastCovariatesTorchModel):
         use_vision: bool = True,
         use_variate_selection: bool = True,
         freeze_vision: bool = True,
+        allow_random_towers: bool = False,
         **kwargs: Any,
     ) -> None:
         """TimesCLIP: time series seen as line plots by a frozen CLIP vision encoder and read as
@@ -233,9 +326,11 @@ class TimesCLIPModel(PastCovariatesTorchModel):
             Steps between the end of the input window and the start of the forecast.
         clip_model_name
             Hugging Face id, local ``save_pretrained`` folder, or preset (``"tiny"``,
-            ``"small"``: random weights, not pretrained).
+            ``"small"``, ``"base"``: random weights, not pretrained). Read once, when the model
+            is first created; saved models load without it.
         patch_length, stride
-            Patching of the language branch.
+            Patching of the language branch; by default PatchTST's 16/8 for windows of 32
+            steps or more, ``max(2, T // 2)`` / half of it for shorter ones.
         d_model, n_heads
             Token width; heads of the variate-selection attention.
         temperature
@@ -258,13 +353,17 @@ class TimesCLIPModel(PastCovariatesTorchModel):
             alignment loss), drop variate selection, or train the ViT (for random-weight presets;
             at the text encoder's learning rate, without feature cache). Exported bundles need
             the full model.
+        allow_random_towers
+            Accept a CLIP source that holds one tower only (a ``CLIPVisionModel`` folder, say);
+            the other tower is random and reported as not pretrained.
         **kwargs
             Darts' ``TorchForecastingModel`` arguments (``batch_size``, ``n_epochs``,
             ``likelihood``, ``loss_fn``, ``optimizer_cls``, ``optimizer_kwargs``,
             ``lr_scheduler_cls``, ``lr_scheduler_kwargs``, ``pl_trainer_kwargs``,
             ``random_state``, ``use_reversible_instance_norm``, ...). Defaults differ in two
-            places: ``optimizer_cls=torch.optim.AdamW`` with ``lr=1e-3``, and a cosine decay to 0
-            over ``n_epochs`` when no ``lr_scheduler_cls`` is given.
+            places: ``optimizer_cls=torch.optim.AdamW`` with ``lr=1e-3``, and, when
+            ``lr_scheduler_cls`` is not given, a cosine decay to 0 over the epochs of each
+            ``fit`` call (``lr_scheduler_cls=None`` turns it off).
         """
         super().__init__(**self._extract_torch_model_params(**self.model_params))
         self.pl_module_params = self._extract_pl_module_params(**self.model_params)
@@ -281,9 +380,10 @@ class TimesCLIPModel(PastCovariatesTorchModel):
             )
         self.pl_module_params.setdefault("optimizer_cls", torch.optim.AdamW)
         self.pl_module_params.setdefault("optimizer_kwargs", {"lr": DEFAULT_LR})
-        if self.pl_module_params.get("lr_scheduler_cls") is None:
+        if "lr_scheduler_cls" not in self.model_params:
+            # T_max None: the module sets it to the epochs of each fit call.
             self.pl_module_params["lr_scheduler_cls"] = torch.optim.lr_scheduler.CosineAnnealingLR
-            self.pl_module_params["lr_scheduler_kwargs"] = {"T_max": self.n_epochs, "eta_min": 0.0}
+            self.pl_module_params["lr_scheduler_kwargs"] = {"T_max": None, "eta_min": 0.0}
         self.clip_model_name = clip_model_name
         self.patch_length = patch_length
         self.stride = stride
@@ -300,31 +400,54 @@ class TimesCLIPModel(PastCovariatesTorchModel):
         self.use_vision = use_vision
         self.use_variate_selection = use_variate_selection
         self.freeze_vision = freeze_vision
+        self.allow_random_towers = allow_random_towers
+        # Fail at construction, not after the data is prepared, on a patching that cannot fit.
+        TimesCLIPConfig(input_chunk_length, 1, output_chunk_length, patch_length, stride)
 
-    def _create_model(self, train_sample: TorchTrainingSample) -> PLForecastingModule:
-        past_covariates = train_sample.past_covariates
-        return _TimesCLIPModule(
-            n_targets=train_sample.past_target.shape[1],
-            n_covariates=past_covariates.shape[1] if past_covariates is not None else 0,
-            nr_params=1 if self.likelihood is None else self.likelihood.num_parameters,
-            clip_model_name=self.clip_model_name,
+    def core_config(self, n_targets: int, n_covariates: int, towers) -> TimesCLIPConfig:
+        """The core's config for data of this width, with the given towers' configs."""
+        return TimesCLIPConfig(
+            time_steps=self.input_chunk_length,
+            n_variates=n_targets + n_covariates,
+            prediction_steps=self.output_chunk_length,
             patch_length=self.patch_length,
             stride=self.stride,
             d_model=self.d_model,
             n_heads=self.n_heads,
             temperature=self.temperature,
             image_size=self.image_size,
-            line_width=self.line_width,
+            n_targets=n_targets,
+            n_params=1 if self.likelihood is None else self.likelihood.num_parameters,
             dropout=self.dropout,
-            lambda_align=self.lambda_align,
-            text_encoder_lr=self.text_encoder_lr,
-            vision_projection_lr=self.vision_projection_lr,
+            line_width=self.line_width,
             vision_cache_mb=self.vision_cache_mb,
             use_vision=self.use_vision,
             use_variate_selection=self.use_variate_selection,
             freeze_vision=self.freeze_vision,
+            # Darts' RINorm normalises the targets instead (see the module's forward).
+            normalize_targets=not self.pl_module_params.get("use_reversible_instance_norm"),
+            vision_config=towers.vision.config,
+            text_config=towers.text.config,
+            backbone=towers.info,
+        )
+
+    def _create_model(self, train_sample: TorchTrainingSample) -> PLForecastingModule:
+        past_covariates = train_sample.past_covariates
+        towers = load_clip_towers(self.clip_model_name, self.allow_random_towers)
+        config = self.core_config(
+            n_targets=train_sample.past_target.shape[1],
+            n_covariates=past_covariates.shape[1] if past_covariates is not None else 0,
+            towers=towers,
+        )
+        module = _TimesCLIPModule(
+            config=config.to_dict(),
+            lambda_align=self.lambda_align,
+            text_encoder_lr=self.text_encoder_lr,
+            vision_projection_lr=self.vision_projection_lr,
             **self.pl_module_params,
         )
+        module.core.load_towers(towers)
+        return module
 
     @property
     def supports_static_covariates(self) -> bool:
@@ -333,10 +456,6 @@ class TimesCLIPModel(PastCovariatesTorchModel):
     @property
     def supports_multivariate(self) -> bool:
         return True
-
-    @property
-    def supports_probabilistic_prediction(self) -> bool:
-        return self.likelihood is not None
 
     @property
     def core(self) -> TimesCLIP:
@@ -419,16 +538,17 @@ class TimesCLIPModel(PastCovariatesTorchModel):
         self.target_components = list(_as_list(series)[0].components)
         covariates = _as_list(past_covariates)
         self.past_covariate_components = list(covariates[0].components) if covariates else []
-        return super().fit(
-            series,
-            past_covariates,
-            future_covariates,
-            val_series,
-            val_past_covariates,
-            val_future_covariates,
-            *args,
-            **kwargs,
-        )
+        with _quiet_lightning():
+            return super().fit(
+                series,
+                past_covariates,
+                future_covariates,
+                val_series,
+                val_past_covariates,
+                val_future_covariates,
+                *args,
+                **kwargs,
+            )
 
     def predict(
         self, n, series=None, past_covariates=None, future_covariates=None, *args, **kwargs
@@ -475,21 +595,22 @@ class TimesCLIPModel(PastCovariatesTorchModel):
         random_state=None,
         values_only=False,
     ):
-        return super().predict_from_dataset(
-            n,
-            dataset,
-            trainer,
-            batch_size,
-            verbose,
-            n_jobs,
-            roll_size,
-            num_samples,
-            _default_pin_memory(dataloader_kwargs),
-            mc_dropout,
-            predict_likelihood_parameters,
-            random_state,
-            values_only,
-        )
+        with _quiet_lightning():
+            return super().predict_from_dataset(
+                n,
+                dataset,
+                trainer,
+                batch_size,
+                verbose,
+                n_jobs,
+                roll_size,
+                num_samples,
+                _default_pin_memory(dataloader_kwargs),
+                mc_dropout,
+                predict_likelihood_parameters,
+                random_state,
+                values_only,
+            )
 
     def to_onnx(self, path: str | None = None, **kwargs: Any) -> None:
         raise NotImplementedError(

@@ -15,14 +15,24 @@ the export cuts the model there: vision stays in torch, language and fusion beco
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from timesclip_darts.alignment import info_nce
-from timesclip_darts.backbones import DEFAULT_CLIP_MODEL, BackboneInfo, ClipTowers, load_clip_towers
+from timesclip_darts.backbones import (
+    DEFAULT_CLIP_MODEL,
+    BackboneInfo,
+    ClipTowers,
+    load_clip_towers,
+    towers_from_configs,
+)
+from timesclip_darts.config import CONFIG_NAME, ConfigError, TimesCLIPConfig
 from timesclip_darts.generator import Generator
 from timesclip_darts.language_module import LanguageModule
 from timesclip_darts.preprocessor import (
@@ -31,10 +41,11 @@ from timesclip_darts.preprocessor import (
     instance_denormalize,
     instance_normalize,
     make_patches,
-    n_patches,
 )
 from timesclip_darts.variate_selection import VariateSelection
 from timesclip_darts.vision_module import VisionModule
+
+WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass
@@ -52,31 +63,41 @@ class TimesCLIPOutput:
 class TimesCLIP(nn.Module):
     """TimesCLIP forecaster over windows ``[batch, time_steps, n_variates]``.
 
+    Built from a :class:`~timesclip_darts.config.TimesCLIPConfig` (``TimesCLIP(config)``: random
+    towers of the config's shapes, as after ``from_pretrained``'s first step) or, as documented
+    since the seed, from keywords that load the CLIP towers from ``clip_model_name``.
+
     Args:
-        time_steps: look-back window length T.
+        time_steps: look-back window length T (or a ``TimesCLIPConfig``, and nothing else).
         n_variates: input variates N (targets first, then any covariates).
         prediction_steps: forecast horizon H.
-        patch_length, stride: patching of the language branch (PatchTST's 16/8 by default).
+        patch_length, stride: patching of the language branch; by default PatchTST's 16/8 for
+            windows of 32 steps or more, shorter patches for shorter windows
+            (:func:`~timesclip_darts.config.default_patching`).
         d_model: width of the vision, language, selection and generator tokens.
         n_heads: heads of the variate-selection cross-attention.
         temperature: InfoNCE temperature.
         image_size: side of the rendered images; defaults to the ViT's native size (other sizes
             use interpolated ViT positions).
         clip_model_name: a Hugging Face id, a local ``save_pretrained`` folder, or a preset name
-            (``tiny``, ``small``: random weights, not pretrained).
+            (``tiny``, ``small``, ``base``: random weights, not pretrained).
         n_targets: forecast only the first ``n_targets`` variates (the rest are covariates that
             take part as inputs); all by default.
         n_params: values per forecast step (1 for a point forecast; a likelihood's parameters).
         dropout: dropout in the trainable parts.
         line_width: rendered line width in pixels (``image_size / 112``, at least 1, by default).
         vision_cache_mb: memory for the frozen-ViT feature cache (0: no cache). The ViT's output
-            for a window never changes, so cached windows skip rendering and the ViT.
+            for a window never changes, so cached windows skip rendering and the ViT. The cache
+            is used only while :meth:`use_feature_cache` is on (the Darts model: during ``fit``).
         use_vision: ablation switch; ``False`` drops the vision branch (no image, no vision
             token, hence no alignment loss).
         use_variate_selection: ablation switch; ``False`` drops the selection token.
         freeze_vision: ``False`` trains the ViT too (an ablation for random-weight presets; no
             feature cache then, since the features change every step).
-        backbone: already-loaded towers, instead of loading ``clip_model_name``.
+        backbone: already-loaded towers, instead of loading ``clip_model_name`` (with a config:
+            instead of random towers).
+        allow_random_towers: accept a CLIP source holding one tower only; the other is random
+            and reported as not pretrained.
 
     The ablation switches exist to measure what each part buys (``benchmarks/``); the export
     supports the full model only.
@@ -84,11 +105,11 @@ class TimesCLIP(nn.Module):
 
     def __init__(
         self,
-        time_steps: int,
-        n_variates: int,
-        prediction_steps: int,
-        patch_length: int = 16,
-        stride: int = 8,
+        time_steps: int | TimesCLIPConfig,
+        n_variates: int | None = None,
+        prediction_steps: int | None = None,
+        patch_length: int | None = None,
+        stride: int | None = None,
         d_model: int = 512,
         n_heads: int = 8,
         temperature: float = 0.07,
@@ -103,54 +124,138 @@ class TimesCLIP(nn.Module):
         use_variate_selection: bool = True,
         freeze_vision: bool = True,
         backbone: ClipTowers | None = None,
+        allow_random_towers: bool = False,
     ) -> None:
         super().__init__()
-        n_targets = n_variates if n_targets is None else n_targets
-        _check_config(
-            time_steps,
-            n_variates,
-            prediction_steps,
-            patch_length,
-            stride,
-            d_model,
-            n_heads,
-            temperature,
-            n_targets,
-            n_params,
-            image_size,
-        )
-        towers = backbone if backbone is not None else load_clip_towers(clip_model_name)
-        self.backbone_info: BackboneInfo = towers.info
-        self.time_steps = time_steps
-        self.n_variates = n_variates
-        self.n_targets = n_targets
-        self.prediction_steps = prediction_steps
-        self.patch_length = patch_length
-        self.stride = stride
-        self.n_patches = n_patches(time_steps, patch_length, stride)
-        self.temperature = temperature
-        self.image_size = image_size or towers.vision.config.image_size
-        self.use_vision = use_vision
-        self.use_variate_selection = use_variate_selection
+        if isinstance(time_steps, TimesCLIPConfig):
+            config = time_steps
+            towers = backbone or towers_from_configs(
+                config.vision_config, config.text_config, config.backbone
+            )
+        else:
+            if n_variates is None or prediction_steps is None:
+                raise ConfigError("TimesCLIP needs time_steps, n_variates and prediction_steps")
+            towers = backbone or load_clip_towers(clip_model_name, allow_random_towers)
+            config = TimesCLIPConfig(
+                time_steps=time_steps,
+                n_variates=n_variates,
+                prediction_steps=prediction_steps,
+                patch_length=patch_length,
+                stride=stride,
+                d_model=d_model,
+                n_heads=n_heads,
+                temperature=temperature,
+                image_size=image_size,
+                n_targets=n_targets,
+                n_params=n_params,
+                dropout=dropout,
+                line_width=line_width,
+                vision_cache_mb=vision_cache_mb,
+                use_vision=use_vision,
+                use_variate_selection=use_variate_selection,
+                freeze_vision=freeze_vision,
+                vision_config=towers.vision.config,
+                text_config=towers.text.config,
+                backbone=towers.info,
+            )
+        self.config = config
+        self.time_steps = config.time_steps
+        self.n_variates = config.n_variates
+        self.n_targets = config.n_targets
+        self.prediction_steps = config.prediction_steps
+        self.patch_length = config.patch_length
+        self.stride = config.stride
+        self.n_patches = config.n_patches
+        self.temperature = config.temperature
+        self.image_size = config.image_size
+        self.use_vision = config.use_vision
+        self.use_variate_selection = config.use_variate_selection
+        d_model, dropout = config.d_model, config.dropout
         self.vision = (
             VisionModule(
                 towers.vision,
                 d_model,
-                self.image_size,
-                line_width,
-                vision_cache_mb,
-                trainable=not freeze_vision,
+                config.image_size,
+                config.line_width,
+                config.vision_cache_mb,
+                trainable=not config.freeze_vision,
             )
-            if use_vision
+            if config.use_vision
             else None
         )
-        self.language = LanguageModule(towers.text, patch_length, time_steps, d_model, dropout)
+        self.language = LanguageModule(
+            towers.text, config.patch_length, config.time_steps, d_model, dropout
+        )
         self.selection = (
-            VariateSelection(d_model, n_heads, dropout) if use_variate_selection else None
+            VariateSelection(d_model, config.n_heads, dropout)
+            if config.use_variate_selection
+            else None
         )
         # Tokens per variate: [vision], CLS, P patches, [selection].
-        n_tokens = 1 + self.n_patches + int(use_vision) + int(use_variate_selection)
-        self.generator = Generator(d_model, n_tokens, prediction_steps, n_params, dropout)
+        n_tokens = 1 + self.n_patches + int(config.use_vision) + int(config.use_variate_selection)
+        self.generator = Generator(
+            d_model, n_tokens, config.prediction_steps, config.n_params, dropout
+        )
+
+    @property
+    def backbone_info(self) -> BackboneInfo:
+        """Where the CLIP towers came from, per tower (``pretrained`` only if both are)."""
+        return self.config.backbone
+
+    # ----------------------------------------------------------------------- save / load
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (no pickle) into ``folder``.
+
+        Each file is written beside its final name and renamed into place, so a crash leaves
+        the previous file whole. The frozen ViT's weights are saved too: the folder alone
+        rebuilds the model, on a machine that never saw the CLIP source.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = folder / WEIGHTS_NAME
+        staged = folder / f".{WEIGHTS_NAME}.tmp"
+        safetensors.torch.save_model(self, str(staged), metadata={"format": "pt"})
+        os.replace(staged, weights)
+        staged_config = self.config.save(folder)
+        return staged_config.parent
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> TimesCLIP:
+        """Rebuild a model written by :meth:`save_pretrained`: towers of the saved shapes with
+        random weights, then every saved weight (all must be there)."""
+        folder = Path(folder)
+        config = TimesCLIPConfig.load(folder)
+        weights = folder / WEIGHTS_NAME
+        if not weights.is_file():
+            raise ConfigError(f"{weights} does not exist: not a folder written by save_pretrained")
+        model = cls(config)
+        try:
+            missing, unexpected = safetensors.torch.load_model(
+                model, str(weights), strict=False, device=str(device)
+            )
+        except (OSError, RuntimeError, ValueError) as err:  # safetensors' header/shape errors
+            raise ConfigError(f"cannot read {weights}: {err}") from err
+        if missing or unexpected:
+            raise ConfigError(
+                f"{weights} does not match {CONFIG_NAME}: missing {sorted(missing)[:3]}, "
+                f"unexpected {sorted(unexpected)[:3]}"
+            )
+        return model.to(device)
+
+    def load_towers(self, towers: ClipTowers) -> None:
+        """Copy the CLIP towers' weights (of this model's shapes) into its own towers: how the
+        Darts model puts pretrained weights into a core built from its config."""
+        if self.vision is not None:
+            self.vision.backbone.load_state_dict(towers.vision.state_dict())
+        own = self.language.text_model
+        wanted = own.state_dict().keys()  # CLIP's word-embedding table was dropped
+        own.load_state_dict({k: v for k, v in towers.text.state_dict().items() if k in wanted})
+
+    def use_feature_cache(self, enabled: bool) -> None:
+        """Turn the frozen-ViT feature cache on (training) or off and empty it (inference, so a
+        forecast never depends on what was computed before)."""
+        if self.vision is not None:
+            self.vision.use_cache(enabled)
 
     @property
     def is_ablated(self) -> bool:
@@ -193,6 +298,20 @@ class TimesCLIP(nn.Module):
                 f"input values beyond ±{MAX_ABS_VALUE:.0e} (first at batch {bad[0]}, step "
                 f"{bad[1]}, variate {bad[2]}) overflow float32 statistics; rescale the series"
             )
+
+    def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, NormStats]:
+        """Instance norm per window and variate; with ``normalize_targets=False`` the targets
+        pass unchanged (mean 0, std 1), having been normalised by Darts' RINorm already."""
+        x_norm, stats = instance_normalize(x)
+        if self.config.normalize_targets:
+            return x_norm, stats
+        n = self.n_targets
+        keep = torch.zeros_like(stats.mean, dtype=torch.bool)
+        keep[..., :n] = True
+        x_norm = torch.where(keep, x, x_norm)
+        mean = torch.where(keep, torch.zeros_like(stats.mean), stats.mean)
+        std = torch.where(keep, torch.ones_like(stats.std), stats.std)
+        return x_norm, NormStats(mean, std)
 
     def encode_vision(self, x_norm: torch.Tensor) -> torch.Tensor | None:
         """ViT features of every variate, ``[B, N, F]`` (render + ViT); ``None`` without vision."""
@@ -237,7 +356,7 @@ class TimesCLIP(nn.Module):
     ) -> TimesCLIPOutput:
         """Full pass with every intermediate result; ``vision_features`` skips render + ViT."""
         self.validate_input(x)
-        x_norm, stats = instance_normalize(x)
+        x_norm, stats = self.normalize(x)
         if vision_features is None:
             vision_features = self.encode_vision(x_norm)
         cls, patch_tokens, variate_tokens = self.encode_language(x_norm)
@@ -344,46 +463,3 @@ class TimesCLIP(nn.Module):
             for group, names in self.parameter_names_by_group().items()
             if names
         ]
-
-
-def _check_config(
-    time_steps: int,
-    n_variates: int,
-    prediction_steps: int,
-    patch_length: int,
-    stride: int,
-    d_model: int,
-    n_heads: int,
-    temperature: float,
-    n_targets: int,
-    n_params: int,
-    image_size: int | None,
-) -> None:
-    positive = dict(
-        time_steps=time_steps,
-        n_variates=n_variates,
-        prediction_steps=prediction_steps,
-        patch_length=patch_length,
-        stride=stride,
-        d_model=d_model,
-        n_heads=n_heads,
-        n_targets=n_targets,
-        n_params=n_params,
-    )
-    for name, value in positive.items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if time_steps < patch_length:
-        raise ValueError(
-            f"time_steps ({time_steps}) is shorter than one patch (patch_length={patch_length})"
-        )
-    if time_steps < 2:
-        raise ValueError("time_steps must be at least 2 to draw a line")
-    if d_model % n_heads:
-        raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    if n_targets > n_variates:
-        raise ValueError(f"n_targets ({n_targets}) exceeds n_variates ({n_variates})")
-    if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
-        raise ValueError(f"image_size must be an integer of at least 8 pixels, got {image_size!r}")
