@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from darts import TimeSeries
@@ -299,3 +300,19 @@ def test_base_preset_through_darts_fit_and_predict() -> None:
     forecast = model.predict(8)
     assert forecast.start_time() == series.end_time() + series.freq
     assert np.isfinite(forecast.values()).all()
+
+
+def test_day_frequency_series_fit_predict_and_backtest() -> None:
+    """Darts 0.48.1 with pandas 3.1 raises `Timedelta // Day` in some day-frequency paths;
+    this model's own paths (fit, predict past the output chunk, backtests) do not hit it."""
+    index = pd.date_range("2020-01-01", periods=120, freq="D")
+    values = np.random.default_rng(0).normal(size=(120, 2)).astype(np.float32)
+    series = TimeSeries.from_times_and_values(index, values)
+    model = tiny_timesclip(24, 6)
+    model.fit(series, max_samples_per_ts=8)
+    forecast = model.predict(8)
+    assert forecast.start_time() == pd.Timestamp("2020-04-30") and forecast.freq_str == "D"
+    backtest = model.historical_forecasts(
+        series, forecast_horizon=6, retrain=False, last_points_only=False, verbose=False
+    )
+    assert len(backtest) == 120 - 24 - 6 + 1

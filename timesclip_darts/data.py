@@ -15,6 +15,8 @@ from darts.datasets import ETTh1Dataset, ETTh2Dataset, ETTm1Dataset, ETTm2Datase
 from darts.datasets.dataset_loaders import DatasetLoader
 from sklearn.preprocessing import StandardScaler
 
+from timesclip_darts import checks
+
 ETT_DATASETS = {
     "ETTh1": ETTh1Dataset,
     "ETTh2": ETTh2Dataset,
@@ -153,24 +155,20 @@ def load_csv(
 def check_values(series: TimeSeries, label: str, fill_missing: bool = False) -> TimeSeries:
     """Raise a ``DataError`` saying where NaN gaps are (or interpolate them when asked) and
     where values are too large for the model's float32 statistics."""
-    from timesclip_darts.preprocessor import MAX_ABS_VALUE
-
-    bad_rows = np.flatnonzero(~np.isfinite(series.values(copy=False)).all(axis=1))
-    if len(bad_rows) and not fill_missing:
+    values = series.values(copy=False)
+    gaps = checks.bad_rows(values)
+    if len(gaps) and not fill_missing:
         index = series.time_index
         raise DataError(
-            f"{label} has {len(bad_rows)} time step(s) with missing values, the first at "
-            f"{index[bad_rows[0]]} and the last at {index[bad_rows[-1]]}; fill them "
+            f"{label} has {len(gaps)} time step(s) with missing values, the first at "
+            f"{index[gaps[0]]} and the last at {index[gaps[-1]]}; fill them "
             "(--fill-missing interpolates them) or cut the series"
         )
-    if len(bad_rows):
+    if len(gaps):
         from darts.utils.missing_values import fill_missing_values
 
         series = fill_missing_values(series)
-    huge = np.flatnonzero((np.abs(series.values(copy=False)) > MAX_ABS_VALUE).any(axis=1))
-    if len(huge):
-        raise DataError(
-            f"{label} has values beyond ±{MAX_ABS_VALUE:.0e} (first at "
-            f"{series.time_index[huge[0]]}); they overflow float32 statistics: rescale them"
-        )
+    bad = checks.first_bad_value(series.values(copy=False))
+    if bad is not None:
+        raise DataError(f"{label}: {bad.problem()} (at {series.time_index[bad.index[0]]})")
     return series

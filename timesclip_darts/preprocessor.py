@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# Largest input magnitude: beyond about 1.8e19 the float32 variance of a window overflows and the
-# forecast silently becomes inf/NaN. 1e18 leaves room for the de-normalised forecast too.
-MAX_ABS_VALUE = 1e18
+from timesclip_darts.checks import MAX_ABS_VALUE  # noqa: F401  (re-exported: the bound the
+
+# core's statistics need; the export writes it into bundles)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from timesclip_darts.backbones import (
     load_clip_towers,
     towers_from_configs,
 )
+from timesclip_darts.checks import first_bad_value
 from timesclip_darts.config import CONFIG_NAME, ConfigError, TimesCLIPConfig
 from timesclip_darts.generator import Generator
 from timesclip_darts.language_module import LanguageModule
@@ -286,18 +287,11 @@ class TimesCLIP(nn.Module):
             )
         if t != self.time_steps:
             raise ValueError(f"expected windows of {self.time_steps} time steps, got {t}")
-        if not torch.isfinite(x).all():
-            bad = (~torch.isfinite(x)).nonzero()[0].tolist()
-            raise ValueError(
-                f"input holds NaN or inf values (first at batch {bad[0]}, step {bad[1]}, "
-                f"variate {bad[2]})"
-            )
-        if x.abs().max() > MAX_ABS_VALUE:
-            bad = (x.abs() > MAX_ABS_VALUE).nonzero()[0].tolist()
-            raise ValueError(
-                f"input values beyond ±{MAX_ABS_VALUE:.0e} (first at batch {bad[0]}, step "
-                f"{bad[1]}, variate {bad[2]}) overflow float32 statistics; rescale the series"
-            )
+        # Fast on the device; only a failing batch is copied to the host to name the problem.
+        if not (torch.isfinite(x).all() and x.abs().max() <= MAX_ABS_VALUE):
+            bad = first_bad_value(x.detach().float().cpu().numpy())
+            b, t, v = bad.index
+            raise ValueError(f"input {bad.problem()} (at batch {b}, step {t}, variate {v})")
 
     def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, NormStats]:
         """Instance norm per window and variate; with ``normalize_targets=False`` the targets
