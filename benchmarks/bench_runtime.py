@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.filterwarnings("ignore")
     import torch
-    from timesclip_export.bundle import export_bundle, library_versions
+    from timesclip_export.bundle import library_versions
+    from timesclip_export.writer import export_bundle
 
     if args.threads:
         # Lightning resets torch's threads to the core count at fit unless OMP_NUM_THREADS is set.

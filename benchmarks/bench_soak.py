@@ -37,7 +37,7 @@ def rss_mib() -> float:
 
 def make_bundle(folder: Path, data_dir: Path) -> Path:
     from darts import TimeSeries
-    from timesclip_export.bundle import export_bundle
+    from timesclip_export.writer import export_bundle
 
     from timesclip_darts import TimesCLIPModel
 

@@ -1,8 +1,8 @@
 """Export step and deployment runtime for trained TimesCLIP models (installed as
 ``timesclip_export``).
 
-- :func:`export_bundle` (``timesclip-darts export``) writes a bundle from a trained model; it
-  needs Darts and the training package.
+- :func:`export_bundle` (``timesclip-darts export``, :mod:`timesclip_export.writer`) writes a
+  bundle from a trained model, optionally signed; it needs Darts and the training package.
 - :class:`RollingForecaster` (``timesclip-darts stream``) runs a bundle with torch, numpy and
   onnxruntime only.
 
@@ -15,11 +15,15 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "export_bundle": "timesclip_export.bundle",
+    "export_bundle": "timesclip_export.writer",
+    "generate_key_pair": "timesclip_export.signing",
+    "Placement": "timesclip_export.placement",
+    "choose_placement": "timesclip_export.placement",
     "read_manifest": "timesclip_export.bundle",
     "RollingForecaster": "timesclip_export.runtime",
     "stream_forecasts": "timesclip_export.stream",
     "BundleError": "timesclip_export.errors",
+    "BundleSignatureError": "timesclip_export.errors",
     "BundleVersionError": "timesclip_export.errors",
     "DeviceError": "timesclip_export.errors",
     "ExportError": "timesclip_export.errors",

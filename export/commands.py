@@ -1,4 +1,4 @@
-"""``timesclip-darts export`` and ``timesclip-darts stream``, registered on the main command by
+"""``timesclip-darts export``, ``stream`` and ``keygen``, registered on the main command by
 :func:`add_commands`. Heavy imports happen inside the commands, so building the parser stays
 cheap; user errors are ``ValueError`` subclasses, which the main command prints as one line."""
 
@@ -29,6 +29,25 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--no-scaler", action="store_true", help="ignore MODEL_PATH.scaler.json if it exists"
     )
     export.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    export.add_argument(
+        "--sign",
+        metavar="KEYFILE",
+        default=None,
+        help="sign the manifest with this Ed25519 private key (PEM, from `keygen`): writes "
+        "manifest.sig, which `stream --trusted-key` checks",
+    )
+    export.add_argument(
+        "--mlflow",
+        action="store_true",
+        help="log the bundle folder (artifact bundle/) and, unless the run has one, the model "
+        "(Darts' MLflow flavor) to MLflow: the run in MLFLOW_RUN_ID, or a new one in "
+        "MLFLOW_EXPERIMENT_NAME (or _ID) at MLFLOW_TRACKING_URI (needs the mlflow extra)",
+    )
+    export.add_argument(
+        "--mlflow-register",
+        metavar="NAME",
+        help="with --mlflow: also register the run's model as a new version of NAME",
+    )
     export.set_defaults(func=cmd_export)
 
     stream = subparsers.add_parser(
@@ -43,6 +62,20 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     stream.add_argument("--output", default=None, help="file (default: standard output)")
     stream.add_argument("--time-col", default=None, help="time column (default: the first)")
     stream.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    stream.add_argument(
+        "--quantiles",
+        nargs="+",
+        metavar="Q",
+        help="quantiles strictly between 0 and 1, e.g. 0.1 0.5 0.9 (models with a likelihood; "
+        "QuantileRegression: fitted ones only), written as <target>_q<q> beside each target",
+    )
+    stream.add_argument(
+        "--trusted-key",
+        metavar="PUBLIC_KEY",
+        default=None,
+        help="refuse the bundle unless its manifest.sig verifies with this Ed25519 public "
+        "key (PEM)",
+    )
     stream.add_argument(
         "--plain", action="store_true", help="run the plain graphs, not the optimised ones"
     )
@@ -62,10 +95,25 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     stream.set_defaults(func=cmd_stream)
 
+    keygen = subparsers.add_parser(
+        "keygen",
+        help="make an Ed25519 key pair for signing bundles (export --sign, stream --trusted-key)",
+        description="Write a new Ed25519 key pair as PEM files: PRIVATE (PKCS#8, unencrypted, "
+        "readable by you only; keep it where bundles are exported) and PUBLIC "
+        "(SubjectPublicKeyInfo; give it to the machines that run bundles). Existing files are "
+        "never replaced.",
+    )
+    keygen.add_argument("private_key", help="private key file to write")
+    keygen.add_argument("public_key", help="public key file to write")
+    keygen.set_defaults(func=cmd_keygen)
+
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from timesclip_export.bundle import export_bundle
+    from timesclip_export.writer import export_bundle
 
+    from timesclip_darts.cli import check_mlflow_arguments
+
+    check_mlflow_arguments(args)  # before a minute of exporting
     manifest = export_bundle(
         args.model_path,
         args.out_dir,
@@ -73,6 +121,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         opset=args.opset,
         optimize=not args.no_optimize,
         overwrite=args.overwrite,
+        sign_key=args.sign,
     )
     model = manifest["model"]
     print(f"exported {args.model_path} -> {args.out_dir} (backbone: {model['backbone']})")
@@ -87,20 +136,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     for info in manifest["onnx"]["optimized"].values():
         ops = ", ".join(f"{op} x{n}" for op, n in info["fused_operators"].items()) or "none"
         print(f"  fused in {info['file']}: {ops}")
+    if manifest.get("signature"):
+        key = manifest["signature"]["public_key_sha256"]
+        print(f"  signed: manifest.sig (Ed25519, public key sha256 {key[:16]}...)")
+    if args.mlflow:
+        from timesclip_darts.cli import log_bundle_to_mlflow
+
+        for line in log_bundle_to_mlflow(args.model_path, args.out_dir, args.mlflow_register):
+            print(line)
     return 0
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
+    from timesclip_export.quantiles import check_quantiles, parse_quantiles
     from timesclip_export.runtime import RollingForecaster
     from timesclip_export.stream import stream_forecasts
 
+    quantiles = parse_quantiles(args.quantiles) if args.quantiles is not None else []
     forecaster = RollingForecaster(
         args.bundle,
         device=args.device,
         optimized=not args.plain,
         vision_dtype=args.vision_dtype,
         compile_vision=args.compile,
+        trusted_key=args.trusted_key,
     )
+    check_quantiles(forecaster.manifest["model"]["likelihood"], quantiles)
     print(f"runtime: {forecaster.describe()}", file=sys.stderr)
     label = "standard input" if args.input == "-" else args.input
     source = sys.stdin if args.input == "-" else open(args.input, newline="")  # noqa: SIM115
@@ -114,6 +175,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
             time_col=args.time_col,
             chunk_rows=args.chunk_rows,
             label=label,
+            quantiles=quantiles,
         )
     except BrokenPipeError:
         # The reader went away (`... | head`): stop quietly, as Unix filters do, and keep
@@ -127,4 +189,13 @@ def cmd_stream(args: argparse.Namespace) -> int:
             sink.close()
     target = "standard output" if args.output is None else str(Path(args.output))
     print(f"wrote {count} forecast(s) to {target}", file=sys.stderr)
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from timesclip_export.signing import generate_key_pair
+
+    key = generate_key_pair(args.private_key, args.public_key)
+    print(f"wrote {args.private_key} (private, keep it secret) and {args.public_key} (public)")
+    print(f"public key sha256 {key}")
     return 0

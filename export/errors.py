@@ -18,6 +18,11 @@ class BundleVersionError(BundleError):
     promise to run the same way."""
 
 
+class BundleSignatureError(BundleError):
+    """A trusted key was given and the bundle is unsigned, signed by another key, or changed
+    after signing (or the key itself cannot be read)."""
+
+
 class InputError(ValueError):
     """Input windows or rows of the wrong shape, variate order, dtype, or with NaN/inf.
 

@@ -179,10 +179,12 @@ def example_windows(batch: int, time_steps: int, n_variates: int, seed: int = 0)
 
 
 def export_core(core: nn.Module) -> nn.Module:
-    """A copy of the trained core in eval mode, its text encoder on eager attention (the form
-    ORT's optimizer fuses into ``Attention``; numerically the same as SDPA)."""
+    """A copy of the trained core in eval mode on the CPU (a model trained or loaded on a GPU
+    exports the same files), its text encoder on eager attention (the form ORT's optimizer
+    fuses into ``Attention``; numerically the same as SDPA)."""
     cache = getattr(core.vision, "cache", None)  # the training feature cache stays behind
-    core = copy.deepcopy(core, memo={id(cache): None} if cache is not None else None).eval()
+    memo = {id(cache): None} if cache is not None else None
+    core = copy.deepcopy(core, memo=memo).eval().to("cpu")
     core.language.text_model.set_attn_implementation("eager")
     return core
 

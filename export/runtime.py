@@ -2,11 +2,15 @@
 onnxruntime and the library's rasteriser (``timesclip_darts.rendering``, numba on CPU) only: no
 Darts, Lightning, transformers or matplotlib.
 
-Per batch of windows, everything stays on one device: the windows are cut from the series on the
-device (one host-to-device copy per call), the vision program (torch) and the two ONNX graphs
-(ONNX Runtime) read and write preallocated torch tensors through I/O binding, and only the final
-forecasts come back to the host. On CUDA, ONNX Runtime runs on torch's current stream
-(``user_compute_stream``), so the two libraries' kernels are ordered without host syncs.
+Per batch of windows, the vision program (torch) and the two ONNX graphs (ONNX Runtime) read and
+write preallocated torch tensors through I/O binding. Where both run on one device (``cpu`` or
+``cuda``), everything stays there: the windows are cut from the series on the device (one
+host-to-device copy per call) and only the final forecasts come back to the host; on CUDA, ONNX
+Runtime runs on torch's current stream (``user_compute_stream``), so the two libraries' kernels
+are ordered without host syncs. Where torch has CUDA and onnxruntime only its CPU provider, the
+placement is **mixed** (:mod:`timesclip_export.placement`): the rasteriser and the ViT run on
+CUDA into device buffers, the text graph runs on host windows meanwhile, and the features are
+copied to the host once per batch for the fusion graph.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from timesclip_export.bundle import (
     verify_files,
     window_vision,
 )
-from timesclip_export.errors import BundleError, DeviceError, InputError, TimestampError
+from timesclip_export.errors import InputError, TimestampError
+from timesclip_export.placement import Placement, choose_placement, open_session
 
 VISION_DTYPES: dict[str, torch.dtype | None] = {
     "float32": None,
@@ -51,7 +56,12 @@ DEFAULT_MAX_ABS_VALUE = 1e18
 
 @dataclass
 class _Buffers:
-    """Preallocated device tensors for one batch size and the I/O bindings that point at them."""
+    """Preallocated tensors for one batch size and the I/O bindings that point at them.
+
+    ``x``, ``text``, ``features`` and ``forecast`` are the graphs' (on the graph device);
+    ``vision_x`` and ``vision_features`` are the vision half's: the same tensors as ``x`` and
+    ``features`` when both halves share a device, separate ones on the vision device when the
+    placement is split (mixed)."""
 
     x: torch.Tensor
     text: dict[str, torch.Tensor]
@@ -59,6 +69,8 @@ class _Buffers:
     forecast: torch.Tensor
     text_binding: Any
     fusion_binding: Any
+    vision_x: torch.Tensor
+    vision_features: torch.Tensor
 
 
 class RollingForecaster:
@@ -66,8 +78,11 @@ class RollingForecaster:
 
     Args:
         bundle: the bundle folder written by ``timesclip-darts export``.
-        device: ``"auto"`` (CUDA when both torch and onnxruntime have it, else CPU), ``"cpu"``,
-            ``"cuda"`` or ``"cuda:N"``. :meth:`describe` says what was picked and why.
+        device: ``"auto"`` (CUDA when both torch and onnxruntime have it; mixed when only torch
+            has it: rasteriser and ViT on CUDA, graphs on ORT's CPU; else CPU), ``"cpu"``,
+            ``"cuda"`` or ``"cuda:N"`` (mixed too when onnxruntime lacks CUDA), or a
+            :class:`~timesclip_export.placement.Placement`. :meth:`describe` says what was
+            picked and why.
         optimized: run the ORT-optimised graphs (fused attention/LayerNorm/GELU) or the plain ones.
         batch_size: windows per forward pass in :meth:`rolling` and :meth:`update`.
         vision_batch: windows per call of the vision path within a batch (default: as many as
@@ -85,6 +100,9 @@ class RollingForecaster:
         verify: check every file's sha256 against the manifest on load.
         allow_version_mismatch: warn instead of failing when the libraries differ from the
             exporter's in a way that can change results.
+        trusted_key: an Ed25519 public key (PEM file path or bytes): refuse the bundle unless
+            its ``manifest.sig`` is a valid signature of its manifest by that key. The manifest
+            holds every file's sha256, so with ``verify`` this covers every file.
 
     Inputs are ``[rows, variates]`` arrays (numpy, torch or a pandas DataFrame whose columns are
     checked by name) of raw values in the manifest's ``inputs`` order: the targets, then any past
@@ -100,7 +118,7 @@ class RollingForecaster:
         self,
         bundle: str | Path,
         *,
-        device: str = "auto",
+        device: str | Placement = "auto",
         optimized: bool = True,
         batch_size: int = 256,
         vision_batch: int | None = None,
@@ -110,6 +128,7 @@ class RollingForecaster:
         onnx_threads: int | None = None,
         verify: bool = True,
         allow_version_mismatch: bool = False,
+        trusted_key: str | Path | bytes | None = None,
     ) -> None:
         for name, value in (("batch_size", batch_size), ("vision_batch", vision_batch or 1)):
             if not isinstance(value, int) or value < 1:
@@ -117,7 +136,8 @@ class RollingForecaster:
         if vision_dtype not in VISION_DTYPES:
             raise ValueError(f"vision_dtype must be one of {list(VISION_DTYPES)}")
         self.bundle = Path(bundle)
-        self.manifest = read_manifest(self.bundle)
+        self.manifest = read_manifest(self.bundle, trusted_key=trusted_key)
+        self.signature_checked = trusted_key is not None
         if verify:
             verify_files(self.bundle, self.manifest)
         optimized = optimized and bool(self.manifest["onnx"].get("optimized"))
@@ -138,9 +158,9 @@ class RollingForecaster:
         self.vision_dtype = vision_dtype
         self.onnx_threads = onnx_threads
 
-        self.device, self._device_reason = _pick_device(device)
-        self._ort_device = "cuda" if self.device.type == "cuda" else "cpu"
-        self._ort_device_id = self.device.index or 0
+        self.placement = device if isinstance(device, Placement) else _placement_for(device)
+        self.device = torch.device(self.placement.vision_device)  # windows, rasteriser, ViT
+        self._graph_device = torch.device(self.placement.graph_device)
         files = OPTIMIZED_FILES if optimized else GRAPH_FILES
         self._text = self._session(self.bundle / files["text"])
         self._fusion = self._session(self.bundle / files["fusion"])
@@ -177,15 +197,20 @@ class RollingForecaster:
         graphs = "optimised" if self.optimized else "plain"
         compiled = ", compiled" if self.compile_vision else ""
         scaler = "applied" if self.apply_scaler else "not applied"
-        where = (
-            f"CUDA ({torch.cuda.get_device_name(self.device)}): torch on {self.device}, "
-            f"onnxruntime {self._text.get_providers()[0]}"
-            if self.device.type == "cuda"
-            else f"CPU: torch on cpu, onnxruntime {self._text.get_providers()[0]}"
-        )
+        signature = "; signature verified" if self.signature_checked else ""
+        provider = self._text.get_providers()[0]
+        gpu = f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else ""
+        mode = self.placement.mode
+        if mode == "mixed":
+            where = (
+                f"mixed: rasteriser and ViT in torch on {self.device}{gpu}, ONNX graphs in "
+                f"onnxruntime {provider} on {self._graph_device}, features copied once per batch"
+            )
+        else:
+            where = f"{mode.upper()}{gpu}: torch on {self.device}, onnxruntime {provider}"
         return (
-            f"{where} ({self._device_reason}); {graphs} ONNX graphs, vision in "
-            f"{self.vision_dtype}{compiled}; scaler {scaler}; bundle {self.bundle}"
+            f"{where} ({self.placement.reason}); {graphs} ONNX graphs, vision in "
+            f"{self.vision_dtype}{compiled}; scaler {scaler}{signature}; bundle {self.bundle}"
         )
 
     def reset(self) -> None:
@@ -396,32 +421,41 @@ class RollingForecaster:
     def _forecast_series(self, series: np.ndarray, stride: int, parameters: bool) -> np.ndarray:
         """Forecasts after every ``stride``-th full window of a validated raw series."""
         icl = self.input_chunk_length
-        values = torch.from_numpy(series).to(self.device)
-        if self._in_mean is not None:
+        values = torch.from_numpy(series)
+        if self._in_mean is not None:  # on the host, so both halves see the same scaled values
             values = (values - self._in_mean) / self._in_scale
-        windows = values.unfold(0, icl, stride).transpose(1, 2)  # [W, T, N], a view
+        on_graphs = values.to(self._graph_device)
+        on_vision = values.to(self.device) if self.placement.split else on_graphs
+        windows = on_graphs.unfold(0, icl, stride).transpose(1, 2)  # [W, T, N], a view
+        vision_windows = on_vision.unfold(0, icl, stride).transpose(1, 2)
         n_windows = windows.shape[0]
         out = torch.empty(
             (n_windows, self.output_chunk_length, len(self.targets), self.n_parameters),
-            device=self.device,
+            device=self._graph_device,
         )
         with torch.inference_mode():
             for start in range(0, n_windows, self.batch_size):
                 stop = min(start + self.batch_size, n_windows)
-                out[start:stop] = self._run_batch(windows[start:stop])
+                out[start:stop] = self._run_batch(windows[start:stop], vision_windows[start:stop])
             if self._out_scale is not None:
                 out = out * self._out_scale + self._out_shift
         result = out.cpu().numpy()
         return result if parameters else result[..., self._point_index]
 
-    def _run_batch(self, windows: torch.Tensor) -> torch.Tensor:
-        """Scaled windows ``[B, T, N]`` -> forecasts ``[B, H, N_t, P]`` (the shared buffer)."""
+    def _run_batch(self, windows: torch.Tensor, vision_windows: torch.Tensor) -> torch.Tensor:
+        """Scaled windows ``[B, T, N]`` (on the graph device, and on the vision device) ->
+        forecasts ``[B, H, N_t, P]`` (the shared buffer, on the graph device)."""
         buffers = self._buffers_for(windows.shape[0])
-        buffers.x.copy_(windows)
+        buffers.vision_x.copy_(vision_windows)
+        if buffers.x is not buffers.vision_x:
+            buffers.x.copy_(windows)
         for start in range(0, windows.shape[0], self.vision_batch):
             stop = start + self.vision_batch
-            buffers.features[start:stop] = self._vision(buffers.x[start:stop])
+            buffers.vision_features[start:stop] = self._vision(buffers.vision_x[start:stop])
+        # Mixed: the ViT's CUDA kernels are queued; the text graph runs on the host meanwhile.
         self._text.run_with_iobinding(buffers.text_binding)
+        if buffers.features is not buffers.vision_features:
+            buffers.features.copy_(buffers.vision_features)  # device -> host, waits for the GPU
         self._fusion.run_with_iobinding(buffers.fusion_binding)
         return buffers.forecast
 
@@ -430,18 +464,30 @@ class RollingForecaster:
             self._buffers.move_to_end(batch)
             return self._buffers[batch]
 
-        def empty(*shape: int) -> torch.Tensor:
-            return torch.empty(shape, dtype=torch.float32, device=self.device)
+        # Host buffers that receive copies from CUDA are page-locked (faster, truly async).
+        pin = self.placement.split and self.device.type == "cuda"
 
-        x = empty(batch, self.input_chunk_length, len(self.inputs))
+        def empty(*shape: int, device: torch.device = self._graph_device) -> torch.Tensor:
+            pinned = pin and device.type == "cpu"
+            return torch.empty(shape, dtype=torch.float32, device=device, pin_memory=pinned)
+
+        x_shape = (batch, self.input_chunk_length, len(self.inputs))
+        features_shape = (batch, len(self.inputs), self.manifest["model"]["vision_feature_dim"])
+        x = empty(*x_shape)
         text = {name: empty(batch, *shape) for name, shape in self._shapes.items()}
-        spec = self.manifest["model"]
-        features = empty(batch, len(self.inputs), spec["vision_feature_dim"])
+        features = empty(*features_shape)
         forecast = empty(batch, self.output_chunk_length, len(self.targets), self.n_parameters)
+        if self.placement.split:
+            vision_x = empty(*x_shape, device=self.device)
+            vision_features = empty(*features_shape, device=self.device)
+        else:
+            vision_x, vision_features = x, features
         text_binding = self._bind(self._text, {"x": x}, text)
         fusion_inputs = {"vision_features": features, **text}
         fusion_binding = self._bind(self._fusion, fusion_inputs, {"forecast": forecast})
-        buffers = _Buffers(x, text, features, forecast, text_binding, fusion_binding)
+        buffers = _Buffers(
+            x, text, features, forecast, text_binding, fusion_binding, vision_x, vision_features
+        )
         self._buffers[batch] = buffers
         if len(self._buffers) > _CACHED_BATCH_SIZES:
             self._buffers.popitem(last=False)
@@ -454,11 +500,12 @@ class RollingForecaster:
         outputs: dict[str, torch.Tensor],
     ) -> Any:
         binding = session.io_binding()
+        device, device_id = self.placement.ort_device, self.placement.device_id
         for name, tensor in inputs.items():
             binding.bind_input(
                 name,
-                self._ort_device,
-                self._ort_device_id,
+                device,
+                device_id,
                 np.float32,
                 tuple(tensor.shape),
                 tensor.data_ptr(),
@@ -466,8 +513,8 @@ class RollingForecaster:
         for name, tensor in outputs.items():
             binding.bind_output(
                 name,
-                self._ort_device,
-                self._ort_device_id,
+                device,
+                device_id,
                 np.float32,
                 tuple(tensor.shape),
                 tensor.data_ptr(),
@@ -482,27 +529,10 @@ class RollingForecaster:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.onnx_threads:
             options.intra_op_num_threads = self.onnx_threads
-        if self.device.type == "cuda":
-            stream = torch.cuda.current_stream(self.device).cuda_stream
-            providers: list[Any] = [
-                (
-                    "CUDAExecutionProvider",
-                    {"device_id": self._ort_device_id, "user_compute_stream": str(stream)},
-                ),
-                "CPUExecutionProvider",
-            ]
-        else:
-            providers = ["CPUExecutionProvider"]
-        try:
-            session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as err:  # ORT raises its own types for unreadable graphs
-            raise BundleError(f"onnxruntime cannot load {path.name}: {err}") from err
-        if session.get_providers()[0] != providers[0] and self.device.type == "cuda":
-            raise DeviceError(
-                f"onnxruntime did not start CUDAExecutionProvider for {path.name} "
-                f"(got {session.get_providers()}); check the CUDA/cuDNN libraries"
-            )
-        return session
+        stream = None
+        if self.placement.ort_device == "cuda":
+            stream = torch.cuda.current_stream(self._graph_device).cuda_stream
+        return open_session(path, options, self.placement, stream, ort.InferenceSession)
 
     def _set_scaler(self, scaler: dict | None, kinds: list[str]) -> None:
         """Per-input shift/scale (identity for unscaled columns) and per-target output maps."""
@@ -512,11 +542,12 @@ class RollingForecaster:
         mean = dict(zip(scaler["components"], scaler["mean"], strict=True))
         scale = dict(zip(scaler["components"], scaler["scale"], strict=True))
 
-        def tensor(values: list[float]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.float32, device=self.device)
+        def tensor(values: list[float], device: torch.device = self._graph_device) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=device)
 
-        self._in_mean = tensor([mean.get(c, 0.0) for c in self.inputs])
-        self._in_scale = tensor([scale.get(c, 1.0) for c in self.inputs])
+        cpu = torch.device("cpu")  # inputs are scaled on the host (_forecast_series)
+        self._in_mean = tensor([mean.get(c, 0.0) for c in self.inputs], cpu)
+        self._in_scale = tensor([scale.get(c, 1.0) for c in self.inputs], cpu)
         out_scale = tensor([scale.get(c, 1.0) for c in self.targets])
         out_mean = tensor([mean.get(c, 0.0) for c in self.targets])
         location = tensor([1.0 if kind == "location" else 0.0 for kind in kinds])
@@ -524,28 +555,16 @@ class RollingForecaster:
         self._out_shift = out_mean[:, None] * location[None, :]
 
 
-def _pick_device(requested: str) -> tuple[torch.device, str]:
-    """The device to run on and why."""
-    torch_cuda = torch.cuda.is_available()
-    ort_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    if not torch_cuda:
-        missing = "torch sees no CUDA device"
-    elif not ort_cuda:
-        missing = "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
-    else:
-        missing = ""
-    if requested == "auto":
-        if missing:
-            return torch.device("cpu"), f"CUDA not used: {missing}"
-        return torch.device("cuda", torch.cuda.current_device()), "CUDA available"
-    if requested == "cpu":
-        return torch.device("cpu"), "CPU requested"
-    if requested.startswith("cuda"):
-        if missing:
-            raise DeviceError(f"device '{requested}' requested but {missing}")
-        device = torch.device(requested)
-        return torch.device("cuda", device.index or 0), "CUDA requested"
-    raise DeviceError(f"unknown device '{requested}'; use auto, cpu, cuda or cuda:N")
+def _placement_for(requested: str) -> Placement:
+    """:func:`choose_placement` with what this machine's torch and onnxruntime offer."""
+    cuda = torch.cuda.is_available()
+    return choose_placement(
+        requested,
+        cuda,
+        ort.get_available_providers(),
+        current_device=torch.cuda.current_device() if cuda else 0,
+        device_count=torch.cuda.device_count() if cuda else 0,
+    )
 
 
 def _to_datetime64(values: Any) -> np.ndarray:

@@ -13,12 +13,13 @@ import csv
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
 import numpy as np
 from timesclip_export.errors import InputError
+from timesclip_export.quantiles import check_quantiles, point_and_quantiles, quantile_label
 from timesclip_export.runtime import RollingForecaster
 
 FORMATS = ("csv", "jsonl")
@@ -41,11 +42,15 @@ def stream_forecasts(
     time_col: str | None = None,
     chunk_rows: int = 1024,
     label: str = "input",
+    quantiles: Sequence[float] = (),
 ) -> int:
     """Forecast after every row of ``source`` that ends a full window; returns how many
-    forecasts were written. Errors name the line of ``label`` where the problem is."""
+    forecasts were written. Errors name the line of ``label`` where the problem is. With
+    ``quantiles`` (of a model with a likelihood), each target's forecast is followed by them."""
     if fmt not in FORMATS:
         raise InputError(f"unknown output format '{fmt}'; use one of {FORMATS}")
+    likelihood = forecaster.manifest["model"]["likelihood"]
+    check_quantiles(likelihood, quantiles)
     live = not _is_regular_file(source)
     header = _read_header(source, label)
     time_col = header[0] if time_col is None else time_col
@@ -63,12 +68,14 @@ def stream_forecasts(
         if live
         else _read_chunks(source, header, time_col, chunk_rows, label)
     )
-    writer = _Writer(forecaster, sink, fmt)
+    writer = _Writer(forecaster, sink, fmt, quantiles)
     written = 0
     for rows in batches:
         timestamps = _parse_times(forecaster, rows, label)
         try:
-            forecasts = forecaster.update(rows.values, timestamps=timestamps)
+            forecasts = forecaster.update(
+                rows.values, timestamps=timestamps, parameters=bool(quantiles)
+            )
         except InputError as err:
             last = rows.first_line + len(rows.times) - 1
             if err.row is not None or last == rows.first_line:
@@ -79,7 +86,11 @@ def stream_forecasts(
         if len(forecasts):
             ends = rows.times[len(rows.times) - len(forecasts) :]
             end_stamps = None if timestamps is None else timestamps[-len(forecasts) :]
-            writer.write(ends, end_stamps, forecasts)
+            if quantiles:
+                point, quantile_values = point_and_quantiles(forecasts, likelihood, quantiles)
+            else:
+                point, quantile_values = forecasts, np.empty((*forecasts.shape, 0), np.float32)
+            writer.write(ends, end_stamps, point, quantile_values)
             written += len(forecasts)
     return written
 
@@ -169,35 +180,49 @@ def _parse_times(forecaster: RollingForecaster, rows: Rows, label: str) -> np.nd
 
 class _Writer:
     """CSV (one row per forecast: the last observed time, then ``<target>+<k>`` columns, k steps
-    after it) or JSON lines (the time, the forecast's timestamps and a list per target)."""
+    after it) or JSON lines (the time, the forecast's timestamps and a list per target). With
+    quantiles, each target is followed by ``<target>_q<q>`` (``+<k>`` in CSV)."""
 
-    def __init__(self, forecaster: RollingForecaster, sink: TextIO, fmt: str) -> None:
+    def __init__(
+        self, forecaster: RollingForecaster, sink: TextIO, fmt: str, quantiles: Sequence[float]
+    ) -> None:
         self.forecaster = forecaster
         self.sink = sink
         self.fmt = fmt
         self.header_written = False
+        # Per target: the point forecast, then its quantiles.
+        self.columns = [
+            [t] + [f"{t}_{quantile_label(q)}" for q in quantiles] for t in forecaster.targets
+        ]
         shift = forecaster.output_chunk_shift
         self.steps = [shift + k for k in range(1, forecaster.output_chunk_length + 1)]
 
-    def write(self, ends: list[str], stamps: np.ndarray | None, forecasts: np.ndarray) -> None:
-        targets = self.forecaster.targets
+    def write(
+        self, ends: list[str], stamps: np.ndarray | None, point: np.ndarray, quantiles: np.ndarray
+    ) -> None:
+        """Forecasts ``[k, H, N_t]`` and their quantiles ``[k, H, N_t, Q]`` after rows ``ends``."""
+        values = np.concatenate([point[..., None], quantiles], axis=-1)  # [k, H, N_t, 1 + Q]
         lines = []
         if self.fmt == "csv":
             if not self.header_written:
-                names = [f"{t}+{k}" for k in self.steps for t in targets]
+                names = [f"{c}+{k}" for k in self.steps for cols in self.columns for c in cols]
                 lines.append(",".join(["time", *names]))
                 self.header_written = True
-            for end, forecast in zip(ends, forecasts, strict=True):
+            for end, forecast in zip(ends, values, strict=True):
                 cells = ",".join(f"{v:.9g}" for v in forecast.reshape(-1).tolist())
                 lines.append(f"{_csv_cell(end)},{cells}")
         else:
-            for i, (end, forecast) in enumerate(zip(ends, forecasts, strict=True)):
+            for i, (end, forecast) in enumerate(zip(ends, values, strict=True)):
                 record: dict = {"time": end}
                 if stamps is not None:
                     index = self.forecaster.horizon_index(stamps[i])
                     if index is not None:
                         record["forecast_times"] = [_iso(t) for t in index]
-                record["forecast"] = {t: forecast[:, j].tolist() for j, t in enumerate(targets)}
+                record["forecast"] = {
+                    c: forecast[:, j, m].tolist()
+                    for j, cols in enumerate(self.columns)
+                    for m, c in enumerate(cols)
+                }
                 lines.append(json.dumps(record))
         self.sink.write("\n".join(lines) + "\n")
         self.sink.flush()

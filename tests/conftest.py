@@ -58,3 +58,51 @@ def tiny_timesclip(icl: int, ocl: int, **overrides):
 def windows(values: torch.Tensor, starts: list[int], length: int) -> torch.Tensor:
     """Stack windows ``values[s : s + length]`` -> ``[len(starts), length, N]``."""
     return torch.stack([values[s : s + length] for s in starts])
+
+
+# ------------------------------------------------------------------ a tiny model and its bundle
+# Trained and exported once per test session: the export, runtime and benchmark tests share them.
+TINY_ICL, TINY_OCL = 96, 24
+ETTH1_COLUMNS = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
+
+
+@pytest.fixture(scope="session")
+def etth1_splits():
+    """ETTh1's standard train/val/test split (scaled), input length 96."""
+    from timesclip_darts.data import ett_splits, load_darts_dataset
+
+    return ett_splits(load_darts_dataset("ETTh1", DATA_DIR), "ETTh1", TINY_ICL)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(etth1_splits, tmp_path_factory) -> Path:
+    """A tiny TimesCLIP, one epoch on 256 windows, saved with its scaler as `train` does."""
+    from timesclip_darts.data import save_scaler_json
+
+    model = tiny_timesclip(TINY_ICL, TINY_OCL, batch_size=64)
+    model.fit(etth1_splits.train, max_samples_per_ts=256)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    model.save(str(path))
+    save_scaler_json(etth1_splits.scaler, ETTH1_COLUMNS, f"{path}.scaler.json")
+    return path
+
+
+@pytest.fixture(scope="session")
+def signing_keys(tmp_path_factory) -> tuple[Path, Path]:
+    """An Ed25519 key pair (private, public) made by `timesclip-darts keygen`."""
+    from timesclip_darts.cli import main
+
+    folder = tmp_path_factory.mktemp("keys")
+    private, public = folder / "bundle.key", folder / "bundle.pub"
+    assert main(["keygen", str(private), str(public)]) == 0
+    return private, public
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_model_path: Path, signing_keys, tmp_path_factory) -> Path:
+    """The tiny model exported by `timesclip-darts export ... --sign` (with its scaler)."""
+    from timesclip_darts.cli import main
+
+    out = tmp_path_factory.mktemp("bundles") / "bundle"
+    assert main(["export", str(tiny_model_path), str(out), "--sign", str(signing_keys[0])]) == 0
+    return out

@@ -76,11 +76,82 @@ def test_speed_smoke_reports_ratios_and_the_cache_changes_no_forecast(tmp_path: 
     report = bench["main"](["--smoke", "--out", str(tmp_path)])
     for row in report["rasteriser"]:
         for backend in ("torch", "cpu-kernel"):
-            assert row[f"{backend}_vs_matplotlib"] > 0
             assert row[f"{backend}_corr_mean"] >= 0.97
     training = report["training"]
     assert training["max_forecast_difference"] < 1e-5
-    assert training["epoch2_speedup"] > 0
+    # The speed-up is a benchmark figure; what a test can hold is that the cache did the work:
+    # every window of every epoch after the first came from it, and fit left nothing held.
+    cached, uncached = training["runs"]["cache"], training["runs"]["no cache"]
+    assert cached["cache_hits"] == training["windows"] * (training["epochs"] - 1)
+    assert uncached["cache_hits"] is None
+    assert cached["cache_bytes_after_fit"] == 0
     assert all(len(run["epoch_s"]) == 2 for run in training["runs"].values())
     assert all("error" not in row and row["peak_rss_mib"] > 0 for row in report["scaling"])
     assert (tmp_path / "speed.json").is_file()
+
+
+def test_gpu_benchmark_smoke_on_cpu_records_what_it_skips(
+    tiny_model_path: Path, tiny_bundle: Path, tmp_path: Path, capsys
+) -> None:
+    """`bench_gpu.py --device cpu --smoke` on the session's tiny model and bundle: every section
+    runs or says why not, the runtime (and the forced mixed data flow) matches Darts, and the
+    graphs' outputs are the runtime's own torch buffers."""
+    bench = runpy.run_path(str(BENCHMARKS / "bench_gpu.py"))
+    out = tmp_path / "gpu_smoke.json"
+    args = ["--device", "cpu", "--smoke", "--model", str(tiny_model_path)]
+    result = bench["main"]([*args, "--bundle", str(tiny_bundle), "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result, default=str))
+    no_cuda = "skipped: no CUDA"
+    assert result["rasteriser_parity"] == no_cuda and result["config"]["device"] == "cpu"
+    parity = {(r["placement"], r["vision_dtype"]): r for r in result["runtime_parity"]["tiny"]}
+    assert set(parity) == {("cpu", d) for d in ("float32", "float16", "bfloat16")} | {
+        ("mixed (forced)", "float32")
+    }
+    for placement in ("cpu", "mixed (forced)"):
+        assert parity[(placement, "float32")]["max_abs_diff_vs_darts"] < 1e-4
+    assert parity[("mixed (forced)", "float32")]["mode"] == "mixed"
+    assert 0 < parity[("cpu", "float16")]["max_abs_diff_vs_fp32"] < 5e-3  # autocast is on
+    placement = result["ort_placement"]["tiny"]
+    assert placement["wholly_on_cuda"] == no_cuda
+    text_nodes = placement["text"]["nodes_by_provider"]
+    assert list(text_nodes) == ["CPUExecutionProvider"]
+    assert text_nodes["CPUExecutionProvider"]["Attention"] == 4  # optimised: 2 layers, run twice
+    assert result["io_binding"]["tiny"]["outputs_are_torch_buffers"] is True
+    (speed,) = result["speed"]["tiny"]
+    assert speed["darts_fp32_windows_per_s"] > 0 and speed["runtime_float32_windows_per_s"] > 0
+    assert speed["runtime_float32_max_abs_diff_vs_darts"] < 1e-4
+    assert result["vit"]["tiny"]["bfloat16_images_per_s"] > 0
+    stream = result["streaming"]["tiny"]
+    assert 0 < stream["p50_ms"] <= stream["p99_ms"] and stream["max_abs_diff_vs_rolling"] < 1e-5
+    training = result["training"]["tiny"]
+    assert training["forecasts_equal"] and set(training["runs"]) == {"no cache", "cache"}
+    for run in training["runs"].values():
+        assert run["windows_per_s"][0] > 0 and run["peak_gpu_mib"] == no_cuda
+    assert training["runs"]["cache"]["cache_bytes_at_epoch_end"][0] > 0  # the cache was used
+    checks = result["checks"]
+    assert checks["graphs_wholly_on_cuda"] == no_cuda and checks["runtime_parity_fp32"] is True
+    assert checks["io_binding_to_torch_buffers"] and checks["cache_forecasts_equal"]
+    assert "| tiny | 8 | cpu |" in capsys.readouterr().out
+
+
+def test_gpu_benchmark_counts_each_nodes_provider_once() -> None:
+    """ORT's profile has several events per node (fences, kernel time) and only kernel events
+    name a provider; a node is counted once, under the provider that ran it."""
+    bench = runpy.run_path(str(BENCHMARKS / "bench_gpu.py"))
+
+    def event(name: str, provider: str | None, op: str) -> dict:
+        args = {"op_name": op} | ({"provider": provider} if provider else {})
+        return {"cat": "Node", "name": name, "args": args}
+
+    events = [
+        {"cat": "Session", "name": "model_run", "args": {}},
+        event("MatMul_1_fence_before", None, "MatMul"),
+        event("MatMul_1_kernel_time", "CUDAExecutionProvider", "MatMul"),
+        event("MatMul_1_kernel_time", "CUDAExecutionProvider", "MatMul"),  # a second run
+        event("Attention_0_kernel_time", "CUDAExecutionProvider", "Attention"),
+        event("Shape_3_kernel_time", "CPUExecutionProvider", "Shape"),
+    ]
+    assert bench["providers_by_node"](events) == {
+        "CUDAExecutionProvider": {"MatMul": 1, "Attention": 1},
+        "CPUExecutionProvider": {"Shape": 1},
+    }

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from darts.utils.likelihood_models import QuantileRegression
-from timesclip_export.bundle import export_bundle
 from timesclip_export.errors import InputError
 from timesclip_export.runtime import RollingForecaster
+from timesclip_export.writer import export_bundle
 
 from tests.conftest import DATA_DIR, tiny_timesclip
 from timesclip_darts import TimesCLIPModel

@@ -20,12 +20,7 @@ import pandas as pd
 import pytest
 import torch
 from timesclip_export import graphs
-from timesclip_export.bundle import (
-    _replace_dir,
-    check_program_safe,
-    export_bundle,
-    sha256_file,
-)
+from timesclip_export.bundle import check_program_safe, sha256_file
 from timesclip_export.errors import (
     BundleError,
     BundleVersionError,
@@ -35,44 +30,32 @@ from timesclip_export.errors import (
     TimestampError,
 )
 from timesclip_export.runtime import RollingForecaster
+from timesclip_export.writer import _replace_dir, export_bundle
 
-from tests.conftest import DATA_DIR, ROOT, tiny_timesclip
+from tests.conftest import ROOT
 from timesclip_darts import TimesCLIPModel
 from timesclip_darts.cli import main
-from timesclip_darts.data import ett_splits, load_darts_dataset, save_scaler_json
 
 ICL, OCL = 96, 24
 COLUMNS = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
 TEST_START = 11520 - ICL  # first row of the standard test split (it starts ICL rows early)
-QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
 
 
 @pytest.fixture(scope="module")
-def splits():
-    return ett_splits(load_darts_dataset("ETTh1", DATA_DIR), "ETTh1", ICL)
+def splits(etth1_splits):
+    return etth1_splits
 
 
 @pytest.fixture(scope="module")
-def trained(splits, tmp_path_factory) -> Path:
+def trained(tiny_model_path: Path) -> Path:
     """A tiny TimesCLIP, one epoch on 256 windows, saved with its scaler as `train` does."""
-    model = tiny_timesclip(
-        ICL,
-        OCL,
-        batch_size=64,
-        pl_trainer_kwargs=QUIET,
-    )
-    model.fit(splits.train, max_samples_per_ts=256)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    model.save(str(path))
-    save_scaler_json(splits.scaler, COLUMNS, f"{path}.scaler.json")
-    return path
+    return tiny_model_path
 
 
 @pytest.fixture(scope="module")
-def bundle(trained: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bundles") / "bundle"
-    assert main(["export", str(trained), str(out)]) == 0
-    return out
+def bundle(tiny_bundle: Path) -> Path:
+    """Its bundle, exported with `timesclip-darts export --sign` (conftest)."""
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +103,8 @@ def test_manifest_describes_the_model_files_and_graphs(bundle: Path, splits) -> 
     assert (renderer["image_size"], renderer["line_width"]) == (32, 1.0)
     files = {"vision.pt2", "text.onnx", "fusion.onnx", "text.opt.onnx", "fusion.opt.onnx"}
     assert set(manifest["files"]) == files
-    assert {p.name for p in bundle.iterdir()} == files | {"manifest.json"}
+    assert {p.name for p in bundle.iterdir()} == files | {"manifest.json", "manifest.sig"}
+    assert manifest["signature"]["file"] == "manifest.sig"  # exported with --sign (conftest)
     for name, entry in manifest["files"].items():
         assert entry["sha256"] == sha256_file(bundle / name)
     # Two text-encoder layers, run twice (patches and variate tokens): 4 fused attentions.
@@ -408,7 +392,7 @@ def test_replacing_a_bundle_swaps_whole_folders(tmp_path: Path, monkeypatch) -> 
             raise OSError("rename failed")
         return real_replace(src, dst)
 
-    monkeypatch.setattr("timesclip_export.bundle.os.replace", second_rename_fails)
+    monkeypatch.setattr("timesclip_export.writer.os.replace", second_rename_fails)
     with pytest.raises(OSError, match="rename failed"):
         _replace_dir(new, old)
     assert (old / "manifest.json").read_text() == "new"  # the previous bundle is back

@@ -1,0 +1,426 @@
+"""Writing a bundle from a trained ``TimesCLIPModel``: atomically, optionally signed.
+
+The layout is described in :mod:`timesclip_export.bundle`, which reads bundles back; this module
+imports Darts and the model package (lazily, inside the functions), the runtime never imports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from timesclip_export.bundle import (
+    FORMAT,
+    FORMAT_VERSION,
+    GRAPH_FILES,
+    MANIFEST,
+    OPTIMIZED_FILES,
+    VISION_FILE,
+    library_versions,
+    load_vision_program,
+    sha256_file,
+    window_vision,
+)
+from timesclip_export.errors import ExportError
+from timesclip_export.vision import RENDER_MODULE, renderer_version
+
+# Largest error allowed between an exported piece and the torch model at export time.
+EXPORT_TOLERANCE = 1e-4
+
+
+def export_bundle(
+    model: Any,
+    out_dir: str | Path,
+    *,
+    scaler: dict | str | Path | bool | None = None,
+    opset: int | None = None,
+    optimize: bool = True,
+    overwrite: bool = False,
+    sign_key: str | Path | None = None,
+) -> dict:
+    """Export a trained ``TimesCLIPModel`` (or the path it was saved to) as a bundle in
+    ``out_dir`` and return its manifest.
+
+    ``scaler``: ``None`` uses ``<model path>.scaler.json`` when the model is a path and that file
+    exists; a path or a ``save_scaler_json`` dict uses that scaler; ``False`` exports without.
+    The bundle is written to a temporary sibling folder and renamed into place only when
+    complete, so a failure (an error, a full disk, a kill) never leaves a half bundle at
+    ``out_dir``, and a bundle already there survives unless the new one is complete.
+    ``overwrite`` must be set to replace an existing bundle. ``sign_key``: a PEM Ed25519
+    private key (``timesclip-darts keygen``) to sign the manifest with (``manifest.sig``, written
+    before the rename, so a bundle is never in place unsigned; see :mod:`timesclip_export.signing`).
+    """
+    from timesclip_export import graphs
+
+    opset = graphs.DEFAULT_OPSET if opset is None else opset
+    if opset not in graphs.SUPPORTED_OPSETS:
+        raise ExportError(
+            f"opset {opset} is not supported; use {min(graphs.SUPPORTED_OPSETS)}.."
+            f"{max(graphs.SUPPORTED_OPSETS)} (default {graphs.DEFAULT_OPSET})"
+        )
+    signing_key = None
+    if sign_key is not None:  # read first: a bad key fails before minutes of export
+        from timesclip_export.signing import load_private_key
+
+        signing_key = load_private_key(sign_key)
+    model, model_path = _load_model(model)
+    scaler_payload = _resolve_scaler(scaler, model_path)
+    out_dir = Path(out_dir)
+    _check_target(out_dir, overwrite)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(
+        tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent)
+    )
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o777 & ~umask)  # mkdtemp makes it private; a bundle is a normal folder
+    try:
+        manifest = _write_bundle(model, temporary, scaler_payload, opset, optimize, signing_key)
+        if signing_key is not None:
+            from timesclip_export.signing import sign_manifest
+
+            sign_manifest(temporary, signing_key, MANIFEST)
+        _replace_dir(temporary, out_dir)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _load_model(model: Any) -> tuple[Any, Path | None]:
+    if isinstance(model, (str, Path)):
+        from timesclip_darts import TimesCLIPModel
+
+        return TimesCLIPModel.load(str(model)), Path(model)  # clear errors for bad files
+    return model, None
+
+
+def _resolve_scaler(
+    scaler: dict | str | Path | bool | None, model_path: Path | None
+) -> dict | None:
+    from timesclip_darts.data import load_scaler_json
+
+    if scaler is False:
+        return None
+    if scaler is None or scaler is True:
+        if model_path is None:
+            if scaler is True:
+                raise ExportError("scaler=True needs the model's path to find <model>.scaler.json")
+            return None
+        candidate = Path(f"{model_path}.scaler.json")
+        if not candidate.is_file():
+            if scaler is True:
+                raise ExportError(f"{candidate} does not exist")
+            return None
+        return load_scaler_json(candidate)
+    if isinstance(scaler, dict):
+        return scaler
+    return load_scaler_json(scaler)
+
+
+def _check_target(out_dir: Path, overwrite: bool) -> None:
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ExportError(f"{out_dir} exists and is not a folder")
+    if not any(out_dir.iterdir()):
+        return
+    if not (out_dir / MANIFEST).is_file():
+        raise ExportError(
+            f"{out_dir} exists and is not a bundle (no {MANIFEST}); refusing to replace it"
+        )
+    if not overwrite:
+        raise ExportError(f"{out_dir} holds a bundle; pass --overwrite to replace it")
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move the complete bundle ``new`` to ``target``: two renames on the same file system.
+
+    ``rename`` cannot replace a non-empty folder, so an old bundle is first renamed aside and
+    removed only once the new one is in place (it is put back if the second rename fails).
+    """
+    _fsync_dir(new)
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        os.replace(target, old)  # an empty mkdtemp folder can be replaced
+        try:
+            os.replace(new, target)
+        except BaseException:
+            os.replace(old, target)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    for child in [*path.iterdir(), path] if path.is_dir() else [path]:
+        with contextlib.suppress(OSError):  # some file systems refuse fsync on folders
+            fd = os.open(child, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _check_exportable(model: Any) -> None:
+    from darts.utils.likelihood_models.torch import QuantileRegression
+
+    from timesclip_darts.darts_model import _LOCATION_SCALE, TimesCLIPModel
+
+    if not isinstance(model, TimesCLIPModel):
+        raise ExportError(f"expected a TimesCLIPModel, got {type(model).__name__}")
+    if model.model is None:
+        raise ExportError("the model has not been fitted or loaded yet; nothing to export")
+    if model.model.core.is_ablated:
+        raise ExportError(
+            "this model has a part switched off (use_vision=False or use_variate_selection="
+            "False): ablation variants are for benchmarks; export the full model"
+        )
+    if model.model.use_reversible_instance_norm:
+        raise ExportError(
+            "models trained with use_reversible_instance_norm=True cannot be exported: the "
+            "runtime does not apply Darts' RINorm (TimesCLIP already normalises each window)"
+        )
+    likelihood = model.likelihood
+    if likelihood is not None and not isinstance(
+        likelihood, (QuantileRegression, *_LOCATION_SCALE)
+    ):
+        raise ExportError(f"likelihood {type(likelihood).__name__} cannot be exported")
+
+
+def _likelihood_spec(likelihood: Any) -> dict:
+    """How to read the forecast's last axis: parameter names, how each scales, which is the
+    point forecast."""
+    from darts.utils.likelihood_models.torch import QuantileRegression
+
+    if likelihood is None:
+        return {"name": None, "parameters": ["value"], "kinds": ["location"], "point_index": 0}
+    names = list(likelihood.parameter_names)
+    if isinstance(likelihood, QuantileRegression):
+        return {
+            "name": "QuantileRegression",
+            "quantiles": list(likelihood.quantiles),
+            "parameters": names,
+            "kinds": ["location"] * len(names),
+            "point_index": likelihood.quantiles.index(0.5),
+            "point": "median (the 0.5 quantile)",
+        }
+    return {
+        "name": type(likelihood).__name__,
+        "parameters": names,
+        "kinds": ["location", "scale"],
+        "point_index": 0,
+        "point": f"the location parameter '{names[0]}'",
+    }
+
+
+def _time_spec(freq: Any) -> dict:
+    """Frequency of the training series: a pandas offset (datetime index) or an integer step."""
+    import pandas as pd
+
+    if freq is None:
+        return {"index": None, "freq": None, "step_ns": None, "step": None}
+    if isinstance(freq, (int,)) and not isinstance(freq, bool):
+        return {"index": "range", "freq": None, "step_ns": None, "step": int(freq)}
+    offset = pd.tseries.frequencies.to_offset(freq)
+    try:
+        step_ns = int(pd.Timedelta(offset).value)
+    except ValueError:  # calendar offsets (month starts, business days) have no fixed length
+        step_ns = None
+    return {"index": "datetime", "freq": offset.freqstr, "step_ns": step_ns, "step": None}
+
+
+def _model_spec(model: Any, core: Any) -> dict:
+    n_covariates = core.n_variates - core.n_targets
+    targets = list(getattr(model, "target_components", None) or [])
+    covariates = list(getattr(model, "past_covariate_components", None) or [])
+    if len(targets) != core.n_targets or len(covariates) != n_covariates:
+        targets = [f"target_{i}" for i in range(core.n_targets)]
+        covariates = [f"covariate_{i}" for i in range(n_covariates)]
+    return {
+        "class": type(model).__name__,
+        "input_chunk_length": int(model.input_chunk_length),
+        "output_chunk_length": int(model.output_chunk_length),
+        "output_chunk_shift": int(model.output_chunk_shift),
+        "targets": targets,
+        "past_covariates": covariates,
+        "inputs": targets + covariates,
+        "n_variates": int(core.n_variates),
+        "n_targets": int(core.n_targets),
+        "d_model": int(core.vision.projection.out_features),
+        "n_patches": int(core.n_patches),
+        "vision_feature_dim": int(core.vision.feature_dim),
+        "image_size": int(core.image_size),
+        "line_width": _line_width(core),
+        "max_abs_value": _max_abs_value(),
+        "backbone": core.backbone_info.describe(),
+        "likelihood": _likelihood_spec(model.likelihood),
+    }
+
+
+def _line_width(core: Any) -> float:
+    from timesclip_darts.rendering import default_line_width
+
+    width = core.vision.line_width
+    return float(default_line_width(core.image_size) if width is None else width)
+
+
+def _max_abs_value() -> float:
+    """The core model's bound on input magnitudes (float32 statistics overflow beyond it)."""
+    from timesclip_darts import preprocessor
+
+    return float(getattr(preprocessor, "MAX_ABS_VALUE", 1e18))
+
+
+def _check_scaler(scaler: dict | None, inputs: list[str]) -> dict | None:
+    if scaler is None:
+        return None
+    unknown = [c for c in scaler["components"] if c not in inputs]
+    if unknown:
+        raise ExportError(
+            f"the scaler covers column(s) {unknown} that are not model inputs {inputs}"
+        )
+    return {
+        "kind": scaler["kind"],
+        "components": list(scaler["components"]),
+        "mean": [float(v) for v in scaler["mean"]],
+        "scale": [float(v) for v in scaler["scale"]],
+    }
+
+
+def _write_bundle(
+    model: Any,
+    folder: Path,
+    scaler: dict | None,
+    opset: int,
+    optimize: bool,
+    signing_key: Any = None,
+) -> dict:
+    import torch
+    from timesclip_export import graphs
+
+    _check_exportable(model)
+    core = graphs.export_core(model.core)
+    spec = _model_spec(model, core)
+    scaler = _check_scaler(scaler, spec["inputs"])
+    example = graphs.example_windows(3, spec["input_chunk_length"], spec["n_variates"])
+    check = graphs.example_windows(5, spec["input_chunk_length"], spec["n_variates"], seed=1)
+    text_config = core.language.text_model.config
+
+    graphs.export_vision(core, folder / VISION_FILE, example)
+    graphs.export_text(core, folder / GRAPH_FILES["text"], example, opset)
+    graphs.export_fusion(
+        core,
+        model.likelihood,
+        folder / GRAPH_FILES["fusion"],
+        graphs.fusion_example(core, example),
+        opset,
+    )
+    fused: dict[str, dict[str, int]] = {}
+    if optimize:
+        fused["text"] = graphs.optimize_graph(
+            folder / GRAPH_FILES["text"],
+            folder / OPTIMIZED_FILES["text"],
+            text_config.num_attention_heads,
+            text_config.hidden_size,
+        )
+        fused["fusion"] = graphs.optimize_graph(
+            folder / GRAPH_FILES["fusion"],
+            folder / OPTIMIZED_FILES["fusion"],
+            core.selection.attention.num_heads,
+            spec["d_model"],
+        )
+
+    # Every piece against the torch model on other windows than the traced ones.
+    errors: dict[str, float] = {}
+    with torch.no_grad():
+        text_ref = graphs.TextGraph(core)(check)
+        fusion_in = graphs.fusion_example(core, check)
+        fusion_ref = (graphs.FusionGraph(core, model.likelihood)(*fusion_in),)
+        vision = window_vision(load_vision_program(folder / VISION_FILE, "cpu"), spec)
+        errors[VISION_FILE] = float((vision(check) - fusion_in[0]).abs().max())
+    pieces = {
+        "text": ({"x": check}, text_ref),
+        "fusion": (dict(zip(graphs.FUSION_INPUTS, fusion_in, strict=True)), fusion_ref),
+    }
+    for part, (feeds, expected) in pieces.items():
+        files = [GRAPH_FILES[part]] + ([OPTIMIZED_FILES[part]] if optimize else [])
+        for name in files:
+            errors[name] = graphs.graph_max_error(folder / name, feeds, expected)
+    bad = {name: err for name, err in errors.items() if not err <= EXPORT_TOLERANCE}
+    if bad:
+        raise ExportError(f"exported pieces differ from the torch model: {bad}")
+
+    files = sorted(p.name for p in folder.iterdir())
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": spec,
+        "time": _time_spec(getattr(model, "training_freq", None)),
+        "scaler": scaler,
+        "dtypes": {
+            "input": "float32",
+            "graphs": "float32",
+            "vision": "float32",
+            "vision_autocast": ["float16", "bfloat16"],
+        },
+        "vision": {
+            "file": VISION_FILE,
+            "format": "torch.export (ExportedProgram, torch.export.save)",
+            "input": "pixels [images, 3, image_size, image_size] float32, CLIP-normalised",
+            "output": "features [images, vision_feature_dim] float32",
+            "renderer": {
+                "module": RENDER_MODULE,
+                "version": renderer_version(),
+                "image_size": spec["image_size"],
+                "line_width": spec["line_width"],
+            },
+        },
+        "onnx": {
+            "opset": opset,
+            "exporter": "torch.onnx.export(dynamo=True)",
+            "text_attention": "eager",
+            "graphs": {
+                "text": {
+                    "file": GRAPH_FILES["text"],
+                    "inputs": list(graphs.TEXT_INPUTS),
+                    "outputs": list(graphs.TEXT_OUTPUTS),
+                },
+                "fusion": {
+                    "file": GRAPH_FILES["fusion"],
+                    "inputs": list(graphs.FUSION_INPUTS),
+                    "outputs": list(graphs.FUSION_OUTPUTS),
+                    "forecast_layout": "[batch, output_chunk_length, n_targets, n_parameters]",
+                },
+            },
+            "optimized": {
+                part: {
+                    "file": OPTIMIZED_FILES[part],
+                    "tool": "onnxruntime.transformers.optimizer (model_type='clip', opt_level=1)",
+                    "fused_operators": fused[part],
+                }
+                for part in fused
+            },
+        },
+        "export_max_abs_error": errors,
+        "versions": library_versions(),
+        "files": {
+            name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
+            for name in files
+        },
+    }
+    if signing_key is not None:
+        from timesclip_export.signing import signature_entry
+
+        manifest["signature"] = signature_entry(signing_key)
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
