@@ -36,6 +36,9 @@ from timesclip_export.bundle import (
 from timesclip_export.errors import InputError, TimestampError
 from timesclip_export.placement import Placement, choose_placement, open_session
 
+from timesclip_darts.checks import first_bad_value, timestamp_problem
+from timesclip_darts.scaling import StandardScaling
+
 VISION_DTYPES: dict[str, torch.dtype | None] = {
     "float32": None,
     "float16": torch.float16,
@@ -321,23 +324,13 @@ class RollingForecaster:
             raise InputError(f"got {rows} rows; a window needs {min_rows} (input_chunk_length)")
         times = self._validate_times(timestamps, rows, previous)
         array = array.astype(np.float32, copy=False)
-        finite = np.isfinite(array)
-        if not finite.all():
-            row, col = (int(i) for i in np.argwhere(~finite)[0])
+        bad = first_bad_value(array, self.max_abs_value)
+        if bad is not None:
+            row, col = bad.index
             where = f" ({_format_time(times[row], self.time)})" if times is not None else ""
             raise InputError(
-                f"value {array[row, col]} in row {row}{where}, variate '{self.inputs[col]}': "
-                "inputs must be finite (fill gaps before forecasting)",
-                row=row,
-            )
-        huge = np.abs(array) > self.max_abs_value
-        if huge.any():  # the float32 window statistics would overflow into inf/NaN forecasts
-            row, col = (int(i) for i in np.argwhere(huge)[0])
-            where = f" ({_format_time(times[row], self.time)})" if times is not None else ""
-            raise InputError(
-                f"value {array[row, col]:.3g} in row {row}{where}, variate '{self.inputs[col]}' "
-                f"is beyond ±{self.max_abs_value:.0e} and would overflow float32 statistics; "
-                "rescale the series",
+                f"row {row}{where}, variate '{self.inputs[col]}': {bad.problem(self.max_abs_value)}"
+                + ("" if bad.finite else "; inputs must be finite (fill gaps before forecasting)"),
                 row=row,
             )
         return np.ascontiguousarray(array), times
@@ -375,32 +368,31 @@ class RollingForecaster:
         full = times if previous is None else np.concatenate([[previous], times])
         if len(full) < 2:
             return times
-        diffs = np.diff(full)
         offset = 0 if previous is None else 1
-        for bad, problem in ((diffs == 0, "duplicate"), (diffs < 0, "out-of-order")):
-            if bad.any():
-                i = int(np.argmax(bad))
-                raise TimestampError(
-                    f"{problem} timestamp {_format_time(full[i + 1], self.time)} at row "
-                    f"{i + 1 - offset} (after {_format_time(full[i], self.time)})",
-                    row=i + 1 - offset,
-                )
         step = self.time.get("step_ns") if kind == "datetime" else self.time.get("step")
-        if step:
-            wrong = diffs != step
-            if wrong.any():
-                i = int(np.argmax(wrong))
-                missing = diffs[i] // step - 1
-                detail = (
-                    f"{missing} missing step(s)" if diffs[i] % step == 0 else "an irregular step"
-                )
+        problem = timestamp_problem(full, step)
+        if problem is not None:
+            i, row = problem.index, problem.index - offset
+            if problem.kind != "gap":
                 raise TimestampError(
-                    f"gap in timestamps: {_format_time(full[i], self.time)} -> "
-                    f"{_format_time(full[i + 1], self.time)} at row {i + 1 - offset} is "
-                    f"{detail} at frequency {self.time.get('freq') or step}",
-                    row=i + 1 - offset,
+                    f"{problem.kind} timestamp {_format_time(full[i], self.time)} at row {row} "
+                    f"(after {_format_time(full[i - 1], self.time)})",
+                    row=row,
                 )
-        elif kind == "datetime" and self.time.get("freq"):
+            detail = (
+                f"{problem.missing_steps} missing step(s)"
+                if problem.missing_steps is not None
+                else "an irregular step"
+            )
+            raise TimestampError(
+                f"gap in timestamps: {_format_time(full[i - 1], self.time)} -> "
+                f"{_format_time(full[i], self.time)} at row {row} is {detail} at frequency "
+                f"{self.time.get('freq') or step}",
+                row=row,
+            )
+        if step:
+            return times
+        if kind == "datetime" and self.time.get("freq"):
             import pandas as pd
 
             expected = pd.date_range(
@@ -539,17 +531,15 @@ class RollingForecaster:
         self._in_mean = self._in_scale = self._out_scale = self._out_shift = None
         if not scaler:
             return
-        mean = dict(zip(scaler["components"], scaler["mean"], strict=True))
-        scale = dict(zip(scaler["components"], scaler["scale"], strict=True))
+        scaling = StandardScaling.from_payload(scaler)
 
-        def tensor(values: list[float], device: torch.device = self._graph_device) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.float32, device=device)
+        def tensor(values: Any, device: torch.device = self._graph_device) -> torch.Tensor:
+            return torch.as_tensor(values, dtype=torch.float32, device=device)
 
-        cpu = torch.device("cpu")  # inputs are scaled on the host (_forecast_series)
-        self._in_mean = tensor([mean.get(c, 0.0) for c in self.inputs], cpu)
-        self._in_scale = tensor([scale.get(c, 1.0) for c in self.inputs], cpu)
-        out_scale = tensor([scale.get(c, 1.0) for c in self.targets])
-        out_mean = tensor([mean.get(c, 0.0) for c in self.targets])
+        # Inputs are scaled on the host (_forecast_series); unscaled columns pass unchanged.
+        in_mean, in_scale = scaling.params(self.inputs, unscaled_ok=True)
+        self._in_mean, self._in_scale = torch.from_numpy(in_mean), torch.from_numpy(in_scale)
+        out_mean, out_scale = (tensor(v) for v in scaling.params(self.targets, unscaled_ok=True))
         location = tensor([1.0 if kind == "location" else 0.0 for kind in kinds])
         self._out_scale = out_scale[:, None].expand(-1, len(kinds))  # [N_t, P]
         self._out_shift = out_mean[:, None] * location[None, :]

@@ -28,7 +28,10 @@ from timesclip_export.bundle import (
     window_vision,
 )
 from timesclip_export.errors import ExportError
+from timesclip_export.quantiles import likelihood_spec
 from timesclip_export.vision import RENDER_MODULE, renderer_version
+
+from timesclip_darts.checks import MAX_ABS_VALUE
 
 # Largest error allowed between an exported piece and the torch model at export time.
 EXPORT_TOLERANCE = 1e-4
@@ -196,32 +199,6 @@ def _check_exportable(model: Any) -> None:
         raise ExportError(f"likelihood {type(likelihood).__name__} cannot be exported")
 
 
-def _likelihood_spec(likelihood: Any) -> dict:
-    """How to read the forecast's last axis: parameter names, how each scales, which is the
-    point forecast."""
-    from darts.utils.likelihood_models.torch import QuantileRegression
-
-    if likelihood is None:
-        return {"name": None, "parameters": ["value"], "kinds": ["location"], "point_index": 0}
-    names = list(likelihood.parameter_names)
-    if isinstance(likelihood, QuantileRegression):
-        return {
-            "name": "QuantileRegression",
-            "quantiles": list(likelihood.quantiles),
-            "parameters": names,
-            "kinds": ["location"] * len(names),
-            "point_index": likelihood.quantiles.index(0.5),
-            "point": "median (the 0.5 quantile)",
-        }
-    return {
-        "name": type(likelihood).__name__,
-        "parameters": names,
-        "kinds": ["location", "scale"],
-        "point_index": 0,
-        "point": f"the location parameter '{names[0]}'",
-    }
-
-
 def _time_spec(freq: Any) -> dict:
     """Frequency of the training series: a pandas offset (datetime index) or an integer step."""
     import pandas as pd
@@ -260,9 +237,13 @@ def _model_spec(model: Any, core: Any) -> dict:
         "vision_feature_dim": int(core.vision.feature_dim),
         "image_size": int(core.image_size),
         "line_width": _line_width(core),
-        "max_abs_value": _max_abs_value(),
+        "max_abs_value": MAX_ABS_VALUE,
         "backbone": core.backbone_info.describe(),
-        "likelihood": _likelihood_spec(model.likelihood),
+        "backbone_pretrained": {
+            "vision": core.backbone_info.vision_pretrained,
+            "text": core.backbone_info.text_pretrained,
+        },
+        "likelihood": likelihood_spec(model.likelihood),
     }
 
 
@@ -271,13 +252,6 @@ def _line_width(core: Any) -> float:
 
     width = core.vision.line_width
     return float(default_line_width(core.image_size) if width is None else width)
-
-
-def _max_abs_value() -> float:
-    """The core model's bound on input magnitudes (float32 statistics overflow beyond it)."""
-    from timesclip_darts import preprocessor
-
-    return float(getattr(preprocessor, "MAX_ABS_VALUE", 1e18))
 
 
 def _check_scaler(scaler: dict | None, inputs: list[str]) -> dict | None:

@@ -98,17 +98,6 @@ def test_parse_quantiles_sorts_and_refuses_bad_values() -> None:
     assert [quantile_label(q) for q in (0.1, 0.05, 0.975)] == ["q0.1", "q0.05", "q0.975"]
 
 
-@pytest.mark.parametrize(
-    "likelihood",
-    [None, QuantileRegression([0.1, 0.5, 0.9]), *(c() for c in TORCH)],
-    ids=lambda x: type(x).__name__,
-)
-def test_spec_matches_the_export_manifest(likelihood) -> None:
-    from timesclip_export.writer import _likelihood_spec
-
-    assert likelihood_spec(likelihood) == _likelihood_spec(likelihood)
-
-
 def test_module_imports_neither_torch_nor_darts() -> None:
     code = (
         "import sys, timesclip_export.quantiles; "

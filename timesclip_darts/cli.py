@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from timesclip_darts.scaling import ScalerError, StandardScaling
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -91,23 +93,18 @@ def _scale(inputs: Inputs, model_path: str | Path) -> tuple[Inputs, object | Non
 
 
 class _JsonScaler:
-    """The standard scaler saved as JSON beside a model, applied by component name."""
+    """The standard scaler saved as JSON beside a model, applied to Darts series by name."""
 
     def __init__(self, payload: dict) -> None:
-        self.mean = dict(zip(payload["components"], payload["mean"], strict=True))
-        self.scale = dict(zip(payload["components"], payload["scale"], strict=True))
+        self.scaling = StandardScaling.from_payload(payload)
 
     def _params(self, series) -> tuple[np.ndarray, np.ndarray]:
         from timesclip_darts.data import DataError
 
-        missing = [c for c in series.components if c not in self.mean]
-        if missing:
-            raise DataError(f"the model's scaler knows no column(s) {missing}")
-        names = list(series.components)
-        return (
-            np.array([self.mean[c] for c in names], dtype=np.float32),
-            np.array([self.scale[c] for c in names], dtype=np.float32),
-        )
+        try:
+            return self.scaling.params(list(series.components))
+        except ScalerError as err:
+            raise DataError(str(err)) from err
 
     def transform(self, series):
         mean, scale = self._params(series)

@@ -16,6 +16,7 @@ from darts.datasets.dataset_loaders import DatasetLoader
 from sklearn.preprocessing import StandardScaler
 
 from timesclip_darts import checks
+from timesclip_darts.scaling import StandardScaling
 
 ETT_DATASETS = {
     "ETTh1": ETTh1Dataset,
@@ -104,12 +105,14 @@ def save_scaler_json(scaler: Scaler, components: list[str], path: str | Path) ->
 
 
 def load_scaler_json(path: str | Path) -> dict:
-    """Read what :func:`save_scaler_json` wrote."""
+    """Read what :func:`save_scaler_json` wrote (checked by the reader the runtime uses too)."""
     import json
 
-    payload = json.loads(Path(path).read_text())
-    if payload.get("kind") != "standard" or len(payload["mean"]) != len(payload["components"]):
-        raise DataError(f"{path} is not a scaler file written by timesclip-darts")
+    try:
+        payload = json.loads(Path(path).read_text())
+        StandardScaling.from_payload(payload)
+    except (OSError, ValueError) as err:  # JSONDecodeError and ScalerError are ValueErrors
+        raise DataError(f"{path} is not a scaler file written by timesclip-darts ({err})") from err
     return payload
 
 
