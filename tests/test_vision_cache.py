@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import etth1_series
+from tests.conftest import etth1_series, tiny_timesclip
 from timesclip_darts import TimesCLIP, TimesCLIPModel
 from timesclip_darts.vision_module import FeatureCache, gather_features
 
@@ -112,17 +112,7 @@ def test_cached_and_fresh_rows_are_gathered_on_the_inputs_device_and_dtype() -> 
 
 
 def test_fit_leaves_no_cache_memory_and_prediction_never_fills_it() -> None:
-    model = TimesCLIPModel(
-        48,
-        12,
-        clip_model_name="tiny",
-        d_model=32,
-        n_heads=4,
-        n_epochs=2,
-        random_state=0,
-        vision_cache_mb=64,
-        pl_trainer_kwargs={"enable_progress_bar": False},
-    )
+    model = tiny_timesclip(48, 12, n_epochs=2, vision_cache_mb=64)
     series = etth1_series(0, 200)
     model.fit(series, max_samples_per_ts=20)
     cache = model.model.core.vision.cache

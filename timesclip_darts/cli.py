@@ -677,6 +677,7 @@ def _add_export_commands(commands: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_lightning_for_the_command()
     started = time.perf_counter()
     try:
         return args.func(args)
@@ -686,6 +687,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted after {time.perf_counter() - started:.0f} s", file=sys.stderr)
         return 130
+
+
+def _quiet_lightning_for_the_command() -> None:
+    """The command owns its process: Lightning's device and tip messages would drown the
+    tables it prints (the demo's Darts baselines fit outside TimesCLIPModel's own quieting).
+    A level set through the environment's logging config is kept."""
+    import logging
+
+    logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.WARNING)
 
 
 def _is_usage_error(err: Exception) -> bool:
