@@ -4,7 +4,7 @@
 - :func:`export_bundle` (``timesclip-darts export``, :mod:`timesclip_export.writer`) writes a
   bundle from a trained model, optionally signed; it needs Darts and the training package.
 - :class:`RollingForecaster` (``timesclip-darts stream``) runs a bundle with torch, numpy and
-  onnxruntime only.
+  onnxruntime only; :class:`StreamPool` runs many keyed streams through one, batched.
 
 Imports are lazy, so importing the package pulls in nothing heavy.
 """
@@ -22,6 +22,11 @@ _EXPORTS = {
     "read_manifest": "timesclip_export.bundle",
     "RollingForecaster": "timesclip_export.runtime",
     "stream_forecasts": "timesclip_export.stream",
+    "StreamPool": "timesclip_export.streams",
+    "StreamForecast": "timesclip_export.streams",
+    "StreamRejection": "timesclip_export.streams",
+    "PoolUpdate": "timesclip_export.streams",
+    "SnapshotError": "timesclip_export.errors",
     "BundleError": "timesclip_export.errors",
     "BundleSignatureError": "timesclip_export.errors",
     "BundleVersionError": "timesclip_export.errors",

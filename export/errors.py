@@ -26,16 +26,29 @@ class BundleSignatureError(BundleError):
 class InputError(ValueError):
     """Input windows or rows of the wrong shape, variate order, dtype, or with NaN/inf.
 
-    ``row`` is the offending row of the call's input, when one row is to blame.
+    ``row`` is the offending row of the call's input, when one row is to blame. ``reason`` is a
+    short machine key for the problem (``"nan"``, ``"too_large"``, ``"dtype"``, ``"shape"``,
+    ``"columns"``, ``"gap"``, ``"duplicate"``, ``"out_of_order"``, ``"timestamps"``), for callers
+    that count or route refusals (:class:`~timesclip_export.streams.StreamPool`, the server).
     """
 
-    def __init__(self, message: str, row: int | None = None) -> None:
+    default_reason = "input"
+
+    def __init__(self, message: str, row: int | None = None, reason: str | None = None) -> None:
         super().__init__(message)
         self.row = row
+        self.reason = reason or self.default_reason
 
 
 class TimestampError(InputError):
     """Timestamps with a gap, a duplicate or a step back."""
+
+    default_reason = "timestamps"
+
+
+class SnapshotError(BundleError):
+    """A :class:`~timesclip_export.streams.StreamPool` snapshot that cannot be restored: not a
+    snapshot, damaged, another format version, or written for another bundle."""
 
 
 class DeviceError(ValueError):

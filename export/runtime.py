@@ -306,22 +306,27 @@ class RollingForecaster:
         if not np.issubdtype(array.dtype, np.floating):
             raise InputError(
                 f"values must be floating-point (float32 or float64), got dtype {array.dtype}; "
-                "convert with .astype(numpy.float32)"
+                "convert with .astype(numpy.float32)",
+                reason="dtype",
             )
         if array.ndim == 1:  # one variate's rows, or one row of all variates
             array = array[:, None] if len(self.inputs) == 1 else array[None, :]
         if array.ndim != 2:
             raise InputError(
-                f"expected a 2-D array [rows, variates], got shape {tuple(array.shape)}"
+                f"expected a 2-D array [rows, variates], got shape {tuple(array.shape)}",
+                reason="shape",
             )
         rows, n = array.shape
         if n != len(self.inputs):
             raise InputError(
                 f"expected {len(self.inputs)} variates {self.inputs} (targets, then past "
-                f"covariates), got {n} columns"
+                f"covariates), got {n} columns",
+                reason="columns",
             )
         if rows < min_rows:
-            raise InputError(f"got {rows} rows; a window needs {min_rows} (input_chunk_length)")
+            raise InputError(
+                f"got {rows} rows; a window needs {min_rows} (input_chunk_length)", reason="shape"
+            )
         times = self._validate_times(timestamps, rows, previous)
         array = array.astype(np.float32, copy=False)
         bad = first_bad_value(array, self.max_abs_value)
@@ -332,6 +337,7 @@ class RollingForecaster:
                 f"row {row}{where}, variate '{self.inputs[col]}': {bad.problem(self.max_abs_value)}"
                 + ("" if bad.finite else "; inputs must be finite (fill gaps before forecasting)"),
                 row=row,
+                reason="too_large" if bad.finite else "nan",
             )
         return np.ascontiguousarray(array), times
 
@@ -340,13 +346,15 @@ class RollingForecaster:
             return
         if sorted(columns) == sorted(self.inputs):
             raise InputError(
-                f"variates are in the wrong order: expected {self.inputs}, got {columns}"
+                f"variates are in the wrong order: expected {self.inputs}, got {columns}",
+                reason="columns",
             )
         missing = [c for c in self.inputs if c not in columns]
         extra = [c for c in columns if c not in self.inputs]
         raise InputError(
             f"variates do not match the model's: missing {missing}, unexpected {extra}; "
-            f"expected {self.inputs} in this order"
+            f"expected {self.inputs} in this order",
+            reason="columns",
         )
 
     def _validate_times(
@@ -378,6 +386,7 @@ class RollingForecaster:
                     f"{problem.kind} timestamp {_format_time(full[i], self.time)} at row {row} "
                     f"(after {_format_time(full[i - 1], self.time)})",
                     row=row,
+                    reason=problem.kind.replace("-", "_"),  # duplicate, out_of_order
                 )
             detail = (
                 f"{problem.missing_steps} missing step(s)"
@@ -389,6 +398,7 @@ class RollingForecaster:
                 f"{_format_time(full[i], self.time)} at row {row} is {detail} at frequency "
                 f"{self.time.get('freq') or step}",
                 row=row,
+                reason="gap",
             )
         if step:
             return times
@@ -406,6 +416,7 @@ class RollingForecaster:
                     f"row {i - offset}, got {_format_time(full[i], self.time)} "
                     f"(frequency {self.time['freq']})",
                     row=i - offset,
+                    reason="gap",
                 )
         return times
 
@@ -413,21 +424,39 @@ class RollingForecaster:
     def _forecast_series(self, series: np.ndarray, stride: int, parameters: bool) -> np.ndarray:
         """Forecasts after every ``stride``-th full window of a validated raw series."""
         icl = self.input_chunk_length
-        values = torch.from_numpy(series)
-        if self._in_mean is not None:  # on the host, so both halves see the same scaled values
-            values = (values - self._in_mean) / self._in_scale
-        on_graphs = values.to(self._graph_device)
-        on_vision = values.to(self.device) if self.placement.split else on_graphs
+        on_graphs, on_vision = self._on_devices(series)
         windows = on_graphs.unfold(0, icl, stride).transpose(1, 2)  # [W, T, N], a view
         vision_windows = on_vision.unfold(0, icl, stride).transpose(1, 2)
+        return self._forecast_windows(windows, vision_windows, parameters)
+
+    def _on_devices(self, values: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validated raw float32 values ``[..., N]``, scaled, on the graph device and on the
+        vision device (the same tensor unless the placement is split)."""
+        scaled = torch.from_numpy(values)
+        if self._in_mean is not None:  # on the host, so both halves see the same scaled values
+            scaled = (scaled - self._in_mean) / self._in_scale
+        on_graphs = scaled.to(self._graph_device)
+        return on_graphs, scaled.to(self.device) if self.placement.split else on_graphs
+
+    def _forecast_windows(
+        self,
+        windows: torch.Tensor,
+        vision_windows: torch.Tensor,
+        parameters: bool,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Forecasts after scaled windows ``[W, T, N]`` (on the graph device, and on the vision
+        device), ``batch_size`` (default :attr:`batch_size`) per :meth:`_run_batch`; shared by
+        :meth:`_forecast_series` and :class:`~timesclip_export.streams.StreamPool`."""
+        batch_size = batch_size or self.batch_size
         n_windows = windows.shape[0]
         out = torch.empty(
             (n_windows, self.output_chunk_length, len(self.targets), self.n_parameters),
             device=self._graph_device,
         )
         with torch.inference_mode():
-            for start in range(0, n_windows, self.batch_size):
-                stop = min(start + self.batch_size, n_windows)
+            for start in range(0, n_windows, batch_size):
+                stop = min(start + batch_size, n_windows)
                 out[start:stop] = self._run_batch(windows[start:stop], vision_windows[start:stop])
             if self._out_scale is not None:
                 out = out * self._out_scale + self._out_shift
@@ -436,20 +465,32 @@ class RollingForecaster:
 
     def _run_batch(self, windows: torch.Tensor, vision_windows: torch.Tensor) -> torch.Tensor:
         """Scaled windows ``[B, T, N]`` (on the graph device, and on the vision device) ->
-        forecasts ``[B, H, N_t, P]`` (the shared buffer, on the graph device)."""
+        forecasts ``[B, H, N_t, P]`` (the shared buffer, on the graph device).
+
+        A batch of one goes through the ONNX graphs as two copies of its window: their CPU
+        kernels reduce a batch of one in another order than larger batches (last bits differ;
+        the ViT does not), and with this a window's forecast on CPU is the same whatever batch
+        it is in, so :meth:`update` row by row, :meth:`rolling` and a
+        :class:`~timesclip_export.streams.StreamPool` agree exactly. It costs ~10 % on a single
+        window (tiny preset, CPU): half as much as running the copy through the ViT too."""
+        n = windows.shape[0]
+        if n == 1:
+            windows, vision_windows = windows.expand(2, -1, -1), vision_windows.expand(2, -1, -1)
         buffers = self._buffers_for(windows.shape[0])
         buffers.vision_x.copy_(vision_windows)
         if buffers.x is not buffers.vision_x:
             buffers.x.copy_(windows)
-        for start in range(0, windows.shape[0], self.vision_batch):
-            stop = start + self.vision_batch
+        for start in range(0, n, self.vision_batch):
+            stop = min(start + self.vision_batch, n)
             buffers.vision_features[start:stop] = self._vision(buffers.vision_x[start:stop])
+        if n == 1:
+            buffers.vision_features[1] = buffers.vision_features[0]
         # Mixed: the ViT's CUDA kernels are queued; the text graph runs on the host meanwhile.
         self._text.run_with_iobinding(buffers.text_binding)
         if buffers.features is not buffers.vision_features:
             buffers.features.copy_(buffers.vision_features)  # device -> host, waits for the GPU
         self._fusion.run_with_iobinding(buffers.fusion_binding)
-        return buffers.forecast
+        return buffers.forecast[:n]
 
     def _buffers_for(self, batch: int) -> _Buffers:
         if batch in self._buffers:
@@ -536,7 +577,7 @@ class RollingForecaster:
         def tensor(values: Any, device: torch.device = self._graph_device) -> torch.Tensor:
             return torch.as_tensor(values, dtype=torch.float32, device=device)
 
-        # Inputs are scaled on the host (_forecast_series); unscaled columns pass unchanged.
+        # Inputs are scaled on the host (_on_devices); unscaled columns pass unchanged.
         in_mean, in_scale = scaling.params(self.inputs, unscaled_ok=True)
         self._in_mean, self._in_scale = torch.from_numpy(in_mean), torch.from_numpy(in_scale)
         out_mean, out_scale = (tensor(v) for v in scaling.params(self.targets, unscaled_ok=True))

@@ -82,7 +82,7 @@ def stream_forecasts(
                 where = f"line {rows.first_line + (err.row or 0)}"
             else:
                 where = f"lines {rows.first_line}-{last}"
-            raise type(err)(f"{label}, {where}: {err}", row=err.row) from err
+            raise type(err)(f"{label}, {where}: {err}", row=err.row, reason=err.reason) from err
         if len(forecasts):
             ends = rows.times[len(rows.times) - len(forecasts) :]
             end_stamps = None if timestamps is None else timestamps[-len(forecasts) :]

@@ -1,0 +1,588 @@
+"""Keyed multi-stream state: one forecaster, many live streams (e.g. 10,000 transformer sensors,
+a row every 15 minutes each), a forecast for every stream after every new row.
+
+A :class:`StreamPool` keeps, per stream, what :meth:`RollingForecaster.update` keeps for its one
+stream: the last ``input_chunk_length - 1`` raw rows (float32), the last timestamp and whether
+the stream is timed. Each :meth:`StreamPool.update` checks every stream's rows with the
+forecaster's own checks, refuses a stream with any bad row whole (its state unchanged, the others
+go on), and runs the windows completed by all accepted streams as a few large batches: one device
+call per ``batch_size`` windows. Since the runtime's forecasts do not depend on the batch a
+window is in (:meth:`RollingForecaster._run_batch`), they equal those of one
+:class:`RollingForecaster` per stream exactly (on CPU; on CUDA, to float tolerance).
+
+State lives in one preallocated float32 slab ``[capacity, input_chunk_length - 1, variates]``
+(a stream's rows right-aligned in its slot, fewer while its first window fills) plus a few
+numbers per slot, and an insertion-ordered map from stream id to slot that doubles as the
+least-recently-updated order for eviction (``max_streams``). The slab grows by doubling, up to
+``max_streams``: memory is about ``streams x (input_chunk_length - 1) x variates x 4`` bytes
+(10,000 ETT streams at input length 96: 27 MB).
+
+:meth:`StreamPool.snapshot` writes the state atomically (a temporary file in the same folder,
+fsync, rename) as an ``.npz`` of plain arrays with a JSON header (no pickle), bound to the
+bundle by the sha256 of its manifest; :meth:`StreamPool.restore` reads it back, so a restarted
+process continues every stream at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import zipfile
+from collections import Counter, OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from timesclip_export.errors import InputError, SnapshotError, TimestampError
+from timesclip_export.runtime import RollingForecaster
+
+SNAPSHOT_FORMAT = "timesclip-stream-pool"
+SNAPSHOT_FORMAT_VERSION = 1
+_ENTRY_KEYS = {"values", "timestamps"}
+_INITIAL_CAPACITY = 64
+
+
+@dataclass(frozen=True)
+class StreamForecast:
+    """One forecast of one stream, after the row that completed its window.
+
+    ``time`` and ``horizon`` are ISO 8601 strings (``"2017-10-20T00:00:00"``) for datetime
+    bundles, integers for range-index bundles, ``None`` for a stream sent without timestamps
+    (``horizon`` also when the bundle's frequency is unknown). ``values`` is the point forecast
+    ``[output_chunk_length, n_targets]`` in the original units; ``parameters`` the likelihood's
+    ``[output_chunk_length, n_targets, n_parameters]`` when asked for."""
+
+    stream: str
+    time: str | int | None
+    horizon: list[str | int] | None
+    values: np.ndarray
+    parameters: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class StreamRejection:
+    """A stream whose rows were refused for this call (its state is unchanged).
+
+    ``reason`` is a short machine key (``"nan"``, ``"too_large"``, ``"gap"``, ``"duplicate"``,
+    ``"out_of_order"``, ``"columns"``, ``"shape"``, ``"dtype"``, ``"timestamps"``, ``"format"``,
+    ``"stream"``); ``message`` one line naming the stream and the problem; ``row`` the offending
+    row of the stream's rows (of the whole input for :meth:`StreamPool.update_columnar`)."""
+
+    stream: str
+    reason: str
+    message: str
+    row: int | None
+
+
+@dataclass
+class PoolUpdate:
+    """What one :meth:`StreamPool.update` did: forecasts (in input order per stream, streams in
+    input order) and the streams it refused."""
+
+    forecasts: list[StreamForecast] = field(default_factory=list)
+    rejected: list[StreamRejection] = field(default_factory=list)
+
+
+@dataclass
+class _Accepted:
+    """A stream's checked rows, waiting for the forecasts before its state changes."""
+
+    stream: str
+    slot: int | None
+    combined: np.ndarray  # its kept rows, then the new ones
+    n_new: int
+    times: np.ndarray | None
+    n_windows: int
+
+
+class StreamPool:
+    """Many keyed streams through one :class:`RollingForecaster`, batched across streams.
+
+    Args:
+        forecaster: the model; the pool uses its checks and its batched forward pass, not its own
+            :meth:`~RollingForecaster.update` state. Give each pool its own forecaster, or
+            serialise their use: a forecaster's buffers are shared by all its calls.
+        max_streams: keep at most this many streams; a new stream beyond it evicts the least
+            recently updated one (counted in :meth:`stats`). ``None``: no limit.
+        batch_size: windows per device call (default: the forecaster's ``batch_size``).
+
+    Thread safety: every method holds one lock, so calls from several threads are serialised
+    (a snapshot copies the state under it and writes the file after releasing it). Throughput
+    comes from batching many streams per call, not from concurrent calls.
+    """
+
+    def __init__(
+        self,
+        forecaster: RollingForecaster,
+        *,
+        max_streams: int | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        for name, value in (("max_streams", max_streams), ("batch_size", batch_size)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        self.forecaster = forecaster
+        self.max_streams = max_streams
+        self.batch_size = batch_size or forecaster.batch_size
+        self._icl = forecaster.input_chunk_length
+        self._keep = self._icl - 1
+        self._n = len(forecaster.inputs)
+        self._slots: OrderedDict[str, int] = OrderedDict()  # least recently updated first
+        self._free: list[int] = []
+        self._allocate(min(_INITIAL_CAPACITY, max_streams or _INITIAL_CAPACITY))
+        self._evictions = 0
+        self._total_rows = 0
+        self._total_forecasts = 0
+        self._rejected: Counter[str] = Counter()
+        self._digest = manifest_digest(forecaster.manifest)
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------ public API
+    def update(self, rows: Mapping[str, Any], *, parameters: bool = False) -> PoolUpdate:
+        """Append each stream's new rows and forecast after every row that completes a window.
+
+        ``rows`` maps stream ids to ``{"values": ..., "timestamps": ...}`` (values: an array
+        ``[rows, variates]`` in the bundle's input order, a DataFrame or a ``{column: list}``
+        mapping checked by column name; lists of numbers are taken as float64; timestamps: a
+        list or array, or ``None``) or straight to an array (no timestamps). A stream with any
+        bad row, or timestamps that do not follow its last one by exactly one step, is refused
+        whole (:attr:`PoolUpdate.rejected`) and keeps its state; the others go on. All windows
+        completed by the accepted streams run in ``batch_size`` chunks, one device call each.
+        """
+        if not isinstance(rows, Mapping):
+            raise InputError(
+                "rows must map stream ids to {'values': ..., 'timestamps': ...} or to arrays, "
+                f"got {type(rows).__name__}",
+                reason="format",
+            )
+        with self._lock:
+            return self._update(list(rows.items()), parameters, None)
+
+    def update_columnar(
+        self,
+        ids: Sequence[str],
+        values: Any,
+        timestamps: Any = None,
+        *,
+        parameters: bool = False,
+    ) -> PoolUpdate:
+        """:meth:`update` with rows in columns: row ``i`` of ``values`` (``[rows, variates]``,
+        array or DataFrame) and of ``timestamps`` belongs to stream ``ids[i]``; a stream's rows
+        keep their order. A rejection's ``row`` is the row of this input."""
+        ids = list(ids)
+        array = _from_lists(values)
+        if isinstance(timestamps, list | tuple):
+            timestamps = np.asarray(timestamps)
+        if len(array) != len(ids) or (timestamps is not None and len(timestamps) != len(ids)):
+            raise InputError(
+                f"got {len(ids)} ids, {len(array)} rows and "
+                f"{'no' if timestamps is None else len(timestamps)} timestamps; one id (and "
+                "timestamp) per row",
+                reason="shape",
+            )
+        groups: dict[str, list[int]] = {}
+        for i, stream in enumerate(ids):
+            groups.setdefault(stream, []).append(i)
+        entries, row_index = [], {}
+        for stream, rows in groups.items():
+            index = np.asarray(rows)
+            stamps = None if timestamps is None else _take(timestamps, index)
+            entries.append((stream, {"values": _take(array, index), "timestamps": stamps}))
+            row_index[stream] = index
+        with self._lock:
+            return self._update(entries, parameters, row_index)
+
+    def snapshot(self, path: str | Path) -> None:
+        """Write every stream's state to ``path`` atomically: a temporary file in the same
+        folder, flushed to disk, then renamed over ``path``, so a crash at any point leaves
+        the previous snapshot whole (and perhaps a stray ``.<name>.*.tmp`` beside it)."""
+        path = Path(path)
+        with self._lock:
+            arrays = self._state_arrays()
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.savez(handle, **arrays)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_folder(path.parent)
+
+    @classmethod
+    def restore(cls, path: str | Path, forecaster: RollingForecaster, **kwargs: Any) -> StreamPool:
+        """A pool with the streams of a :meth:`snapshot`, for the same bundle; ``kwargs`` go to
+        the constructor. With a smaller ``max_streams`` than the snapshot's streams, the least
+        recently updated ones are evicted (and counted). Raises :class:`SnapshotError` for a
+        file that is not a snapshot, of another format version, or of another bundle."""
+        path = Path(path)
+        header, arrays = _read_snapshot(path)
+        pool = cls(forecaster, **kwargs)
+        if header["bundle_manifest_sha256"] != pool._digest:
+            raise SnapshotError(
+                f"{path} holds streams of another bundle (manifest sha256 "
+                f"{str(header['bundle_manifest_sha256'])[:12]}...), not of {forecaster.bundle} "
+                f"(manifest sha256 {pool._digest[:12]}...); restore it with the bundle it was "
+                "written with"
+            )
+        ids = header["ids"]
+        shape = (len(ids), pool._keep, pool._n)
+        if (
+            arrays["history"].shape != shape
+            or any(len(a) != len(ids) for a in arrays.values())
+            or len(set(ids)) != len(ids)
+            or not all(isinstance(i, str) for i in ids)
+        ):
+            raise SnapshotError(
+                f"{path} is damaged: state arrays of shapes "
+                f"{ {k: a.shape for k, a in arrays.items()} } for {len(ids)} stream ids "
+                f"({len(set(ids))} distinct)"
+            )
+        try:
+            counters = header["stats"]
+            pool._evictions = int(counters["evictions"])
+            pool._total_rows = int(counters["rows"])
+            pool._total_forecasts = int(counters["forecasts"])
+            pool._rejected = Counter({str(k): int(v) for k, v in counters["rejected"].items()})
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise SnapshotError(f"{path} is damaged: unreadable counters ({err!r})") from err
+        skip = 0 if pool.max_streams is None else max(0, len(ids) - pool.max_streams)
+        pool._evictions += skip  # the least recently updated go first
+        pool._allocate(max(len(ids) - skip, 1))
+        slots = np.array([pool._take_slot() for _ in range(len(ids) - skip)], np.int64)
+        pool._slots = OrderedDict(zip(ids[skip:], slots.tolist(), strict=True))
+        pool._history[slots] = arrays["history"][skip:]
+        for name in ("filled", "last_time", "timed", "rows", "forecasts"):
+            getattr(pool, f"_{name}")[slots] = arrays[name][skip:]
+        return pool
+
+    def stats(self) -> dict:
+        """Counters since the pool (or the pool it was restored from) began: live streams,
+        evictions, accepted rows, forecasts, refused stream updates by reason, the limits, and
+        ``state_bytes``, the memory the state arrays hold (allocated, live or free)."""
+        with self._lock:
+            state = (self._history, self._filled, self._last_time, self._timed, self._rows)
+            return {
+                "streams": len(self._slots),
+                "evictions": self._evictions,
+                "rows": self._total_rows,
+                "forecasts": self._total_forecasts,
+                "rejected": dict(self._rejected),
+                "max_streams": self.max_streams,
+                "batch_size": self.batch_size,
+                "state_bytes": sum(a.nbytes for a in state) + self._forecasts.nbytes,
+            }
+
+    def drop(self, stream: str) -> bool:
+        """Forget a stream; ``False`` when there was none of that id."""
+        with self._lock:
+            slot = self._slots.pop(stream, None)
+            if slot is None:
+                return False
+            self._free.append(slot)
+            return True
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __contains__(self, stream: object) -> bool:
+        return stream in self._slots
+
+    # ------------------------------------------------------------------------ updating
+    def _update(
+        self,
+        entries: list[tuple[Any, Any]],
+        parameters: bool,
+        row_index: dict[str, np.ndarray] | None,
+    ) -> PoolUpdate:
+        result = PoolUpdate()
+        accepted: list[_Accepted] = []
+        for stream, entry in entries:
+            try:
+                accepted.append(self._check(stream, entry))
+            except InputError as err:
+                row = err.row
+                if row is not None and row_index is not None and stream in row_index:
+                    row = int(row_index[stream][row])
+                message = f"stream {stream!r}: {err}".replace("\n", " ")
+                result.rejected.append(StreamRejection(str(stream), err.reason, message, row))
+                self._rejected[err.reason] += 1
+        accepted = [a for a in accepted if a.n_new]
+        forecasts = self._forecast(accepted)  # before any state changes: may raise
+        for a in accepted:  # this call's streams are the most recent: evict others first
+            if a.slot is not None:
+                self._slots.move_to_end(a.stream)
+        point = forecasts[..., self.forecaster._point_index]
+        ends = [a.times[len(a.times) - a.n_windows :] for a in accepted if a.times is not None]
+        stamps, horizons = self._format_times(np.concatenate(ends) if ends else None)
+        start = timed = 0
+        for a in accepted:
+            for j in range(start, start + a.n_windows):
+                timestamp = horizon = None
+                if a.times is not None:
+                    timestamp, horizon = stamps[timed], horizons[timed]
+                    timed += 1
+                result.forecasts.append(
+                    StreamForecast(
+                        a.stream, timestamp, horizon, point[j], forecasts[j] if parameters else None
+                    )
+                )
+            start += a.n_windows
+            self._commit(a)
+        return result
+
+    def _check(self, stream: Any, entry: Any) -> _Accepted:
+        """One stream's rows, checked as :meth:`RollingForecaster.update` checks them, with its
+        windows counted; raises :class:`InputError` (with ``reason``) otherwise."""
+        if not isinstance(stream, str):
+            raise InputError(
+                f"stream ids must be strings, got {type(stream).__name__}", reason="stream"
+            )
+        if isinstance(entry, Mapping):
+            if "values" not in entry or set(entry) - _ENTRY_KEYS:
+                raise InputError(
+                    "expected {'values': ..., 'timestamps': ...} or an array of rows, got keys "
+                    f"{sorted(map(str, entry))}",
+                    reason="format",
+                )
+            values, timestamps = entry["values"], entry.get("timestamps")
+        else:
+            values, timestamps = entry, None
+        forecaster = self.forecaster
+        if isinstance(values, Mapping):  # {column: list of values}
+            forecaster._check_columns([str(c) for c in values])
+            columns = [_from_lists(values[c]) for c in values]
+            if len({len(c) for c in columns}) > 1 or any(c.ndim != 1 for c in columns):
+                raise InputError(
+                    "columns of different lengths or shapes: "
+                    f"{ {str(c): v.shape for c, v in zip(values, columns, strict=True)} }",
+                    reason="shape",
+                )
+            values = np.stack(columns, axis=1) if columns else np.empty((0, 0))
+        elif isinstance(values, list | tuple):
+            values = _from_lists(values)
+        slot = self._slots.get(stream)
+        timed = None if slot is None else {-1: None, 0: False, 1: True}[int(self._timed[slot])]
+        previous = self._last_time[slot] if timed else None
+        values, times = forecaster._validate(values, timestamps, 0, previous=previous)
+        if timed is not None and (times is not None) != timed:  # as RollingForecaster.update
+            raise TimestampError(
+                "earlier rows came with timestamps; pass timestamps for these rows too"
+                if timed
+                else "earlier rows came without timestamps; drop the stream to start it timed"
+            )
+        filled = 0 if slot is None else int(self._filled[slot])
+        kept = self._history[slot, self._keep - filled :] if slot is not None else values[:0]
+        combined = np.concatenate((kept, values)) if filled else values
+        n_windows = max(0, len(combined) - self._icl + 1)
+        return _Accepted(stream, slot, combined, len(values), times, n_windows)
+
+    def _forecast(self, accepted: list[_Accepted]) -> np.ndarray:
+        """All accepted streams' windows, batched: ``[windows, H, N_t, P]``."""
+        forecaster, icl = self.forecaster, self._icl
+        total = sum(a.n_windows for a in accepted)
+        shape = (forecaster.output_chunk_length, len(forecaster.targets), forecaster.n_parameters)
+        if not total:
+            return np.empty((0, *shape), np.float32)
+        windows = np.empty((total, icl, self._n), np.float32)
+        start = 0
+        for a in accepted:
+            if a.n_windows == 1:
+                windows[start] = a.combined[-icl:]
+            elif a.n_windows:
+                view = np.lib.stride_tricks.sliding_window_view(a.combined, icl, axis=0)
+                windows[start : start + a.n_windows] = view.transpose(0, 2, 1)
+            start += a.n_windows
+        on_graphs, on_vision = forecaster._on_devices(windows)
+        return forecaster._forecast_windows(on_graphs, on_vision, True, self.batch_size)
+
+    def _format_times(self, ends: np.ndarray | None) -> tuple[list, list]:
+        """Window-ending timestamps (int64 ns or steps) and their forecasts' timestamps, as the
+        bundle's index writes them: ISO 8601 strings or integers."""
+        if ends is None or not len(ends):
+            return [], []
+        forecaster = self.forecaster
+        time = forecaster.time
+        if time.get("step_ns") or time.get("step"):  # a fixed step: one horizon, shifted
+            first = forecaster.horizon_index(ends[0])
+            if first is None:
+                return _as_labels(ends, time), [None] * len(ends)
+            offsets = first.astype(np.int64) - np.int64(ends[0])
+            horizons = ends[:, None] + offsets[None, :]
+        else:
+            index = [forecaster.horizon_index(t) for t in ends]
+            if index[0] is None:
+                return _as_labels(ends, time), [None] * len(ends)
+            horizons = np.stack([np.asarray(h).astype(np.int64) for h in index])
+        return _as_labels(ends, time), _as_labels(horizons, time)
+
+    def _commit(self, a: _Accepted) -> None:
+        """Keep the last ``input_chunk_length - 1`` rows and the counters of an accepted
+        stream, creating it (and evicting the least recently updated one) when it is new."""
+        slot = a.slot
+        if slot is None or self._slots.get(a.stream) != slot:  # new (or evicted this call)
+            slot = self._new_stream(a.stream)
+        else:
+            self._slots.move_to_end(a.stream)
+        tail = a.combined[max(0, len(a.combined) - self._keep) :] if self._keep else a.combined[:0]
+        self._history[slot, self._keep - len(tail) :] = tail
+        self._filled[slot] = len(tail)
+        if a.times is not None and len(a.times):
+            self._last_time[slot] = a.times[-1]
+        self._timed[slot] = 1 if a.times is not None else 0
+        self._rows[slot] += a.n_new
+        self._forecasts[slot] += a.n_windows
+        self._total_rows += a.n_new
+        self._total_forecasts += a.n_windows
+
+    def _new_stream(self, stream: str) -> int:
+        if self.max_streams is not None and len(self._slots) >= self.max_streams:
+            _, evicted = self._slots.popitem(last=False)
+            self._free.append(evicted)
+            self._evictions += 1
+        slot = self._take_slot()
+        self._slots[stream] = slot
+        self._filled[slot] = self._rows[slot] = self._forecasts[slot] = 0
+        self._timed[slot] = -1
+        return slot
+
+    # ------------------------------------------------------------------------ storage
+    def _allocate(self, capacity: int) -> None:
+        """(Re)allocate the state arrays with room for ``capacity`` streams, keeping slots."""
+        old = getattr(self, "_history", None)
+        used = 0 if old is None else len(old)
+        if capacity <= used:
+            return
+        history = np.zeros((capacity, self._keep, self._n), np.float32)
+        numbers = {
+            "filled": np.zeros(capacity, np.int32),
+            "last_time": np.zeros(capacity, np.int64),
+            "timed": np.full(capacity, -1, np.int8),  # -1: no rows yet, 0: untimed, 1: timed
+            "rows": np.zeros(capacity, np.int64),
+            "forecasts": np.zeros(capacity, np.int64),
+        }
+        if old is not None:
+            history[:used] = old
+            for name, array in numbers.items():
+                array[:used] = getattr(self, f"_{name}")
+        self._history = history
+        for name, array in numbers.items():
+            setattr(self, f"_{name}", array)
+        self._free.extend(range(capacity - 1, used - 1, -1))  # lowest slots first (pop())
+
+    def _take_slot(self) -> int:
+        if not self._free:
+            capacity = 2 * len(self._history)
+            if self.max_streams is not None:
+                capacity = min(capacity, max(self.max_streams, len(self._history) + 1))
+            self._allocate(capacity)
+        return self._free.pop()
+
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        """Live streams in least-recently-updated order, as plain arrays and a JSON header."""
+        slots = np.fromiter(self._slots.values(), np.int64, len(self._slots))
+        header = {
+            "format": SNAPSHOT_FORMAT,
+            "format_version": SNAPSHOT_FORMAT_VERSION,
+            "bundle_manifest_sha256": self._digest,
+            "input_chunk_length": self._icl,
+            "inputs": list(self.forecaster.inputs),
+            "ids": list(self._slots),
+            "stats": {
+                "evictions": self._evictions,
+                "rows": self._total_rows,
+                "forecasts": self._total_forecasts,
+                "rejected": dict(self._rejected),
+            },
+        }
+        arrays = {"header": np.frombuffer(json.dumps(header).encode(), np.uint8)}
+        arrays["history"] = self._history[slots]
+        for name in ("filled", "last_time", "timed", "rows", "forecasts"):
+            arrays[name] = getattr(self, f"_{name}")[slots]
+        return arrays
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """sha256 of a bundle's manifest (canonical JSON): it lists every file's sha256, so it names
+    the exact model a snapshot's streams were fed to."""
+    canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _read_snapshot(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    names = ("history", "filled", "last_time", "timed", "rows", "forecasts")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            header = json.loads(data["header"].tobytes().decode())
+            if not isinstance(header, dict) or header.get("format") != SNAPSHOT_FORMAT:
+                raise SnapshotError(f"{path} is not a StreamPool snapshot")
+            version = header.get("format_version")
+            if version != SNAPSHOT_FORMAT_VERSION:
+                raise SnapshotError(
+                    f"{path} is a StreamPool snapshot of format version {version}; this runtime "
+                    f"reads version {SNAPSHOT_FORMAT_VERSION}"
+                )
+            arrays = {name: data[name] for name in names}
+    except SnapshotError:
+        raise
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise SnapshotError(f"cannot read the StreamPool snapshot {path}: {err}") from err
+    missing = {"bundle_manifest_sha256", "ids", "stats"} - set(header)
+    if missing:
+        raise SnapshotError(f"{path} is damaged: its header lacks {sorted(missing)}")
+    return header, arrays
+
+
+def _from_lists(values: Any) -> Any:
+    """Python lists (parsed JSON) as an array: integers and ``None`` (NaN, refused later) become
+    float64; numpy arrays, tensors and DataFrames pass unchanged for the forecaster's checks."""
+    if not isinstance(values, list | tuple):
+        return values
+    try:
+        array = np.asarray(values)
+    except ValueError as err:  # ragged
+        raise InputError(f"rows of different lengths ({err})", reason="shape") from err
+    if array.dtype.kind in "iuO":
+        try:
+            array = np.asarray(values, dtype=np.float64)
+        except (ValueError, TypeError) as err:
+            raise InputError(f"values must be numbers ({err})", reason="dtype") from err
+    return array
+
+
+def _take(rows: Any, index: np.ndarray) -> Any:
+    """Rows ``index`` of an array, tensor, DataFrame, Series or pandas index, by position."""
+    if hasattr(rows, "iloc"):
+        return rows.iloc[index]
+    return rows[index]
+
+
+def _as_labels(times: np.ndarray, time: Mapping[str, Any]) -> list:
+    """int64 timestamps (any shape) as nested lists of integers (range-index bundles) or of
+    ISO 8601 strings, to the second unless there are fractions (the runtime reads the timestamps
+    of any other bundle as datetimes)."""
+    if time.get("index") == "range":
+        return np.asarray(times, np.int64).tolist()
+    unit = "s" if not (np.asarray(times) % 10**9).any() else "ns"
+    return np.datetime_as_string(np.asarray(times, "datetime64[ns]"), unit=unit).tolist()
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
