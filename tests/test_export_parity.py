@@ -30,7 +30,7 @@ def trained(tmp_path_factory) -> Path:
         likelihood=GaussianLikelihood(),
         random_state=2,
     )
-    model.fit(etth1_series(0, 600)[["OT", "HUFL"]], max_samples_per_ts=128)
+    model.fit(etth1_series(0, 600)[["OT", "HUFL"]], max_samples_per_ts=32)
     path = tmp_path_factory.mktemp("gaussian") / "model.pt"
     model.save(str(path))
     return path
