@@ -5,6 +5,8 @@
   bundle from a trained model, optionally signed; it needs Darts and the training package.
 - :class:`RollingForecaster` (``timesclip-darts stream``) runs a bundle with torch, numpy and
   onnxruntime only; :class:`StreamPool` runs many keyed streams through one, batched.
+- ``timesclip-darts serve`` (:mod:`timesclip_export.serve`, needs the ``serve`` extra: Ray
+  Serve) puts stream pools behind an HTTP JSON API; :func:`shard_for` is its stream routing.
 
 Imports are lazy, so importing the package pulls in nothing heavy.
 """
@@ -26,6 +28,8 @@ _EXPORTS = {
     "StreamForecast": "timesclip_export.streams",
     "StreamRejection": "timesclip_export.streams",
     "PoolUpdate": "timesclip_export.streams",
+    "ServeConfig": "timesclip_export.serve",
+    "shard_for": "timesclip_export.serve_api",
     "SnapshotError": "timesclip_export.errors",
     "BundleError": "timesclip_export.errors",
     "BundleSignatureError": "timesclip_export.errors",

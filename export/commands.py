@@ -1,5 +1,5 @@
-"""``timesclip-darts export``, ``stream`` and ``keygen``, registered on the main command by
-:func:`add_commands`. Heavy imports happen inside the commands, so building the parser stays
+"""``timesclip-darts export``, ``stream``, ``keygen`` and ``serve``, registered on the main command
+by :func:`add_commands`. Heavy imports happen inside the commands, so building the parser stays
 cheap; user errors are ``ValueError`` subclasses, which the main command prints as one line."""
 
 from __future__ import annotations
@@ -107,6 +107,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     keygen.add_argument("public_key", help="public key file to write")
     keygen.set_defaults(func=cmd_keygen)
 
+    add_serve_command(subparsers)
+
 
 def cmd_export(args: argparse.Namespace) -> int:
     from timesclip_export.writer import export_bundle
@@ -199,3 +201,115 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     print(f"wrote {args.private_key} (private, keep it secret) and {args.public_key} (public)")
     print(f"public key sha256 {key}")
     return 0
+
+
+def add_serve_command(subparsers: argparse._SubParsersAction) -> None:
+    """``serve``: the HTTP JSON API on Ray Serve (:mod:`timesclip_export.serve`)."""
+    serve = subparsers.add_parser(
+        "serve",
+        help="serve a bundle over HTTP (Ray Serve): forecasts for many live streams",
+        description="Serve forecasts over an HTTP JSON API (POST /v1/streams/{id}/rows, POST "
+        "/v1/rows, POST /v1/forecast, GET /v1/model, GET /healthz) on Ray Serve, on this machine "
+        "or a Ray cluster (--address). Streams are sharded by id over --shards stateful shards. "
+        "Needs the serve extra: pip install timesclip-darts[serve].",
+    )
+    serve.add_argument(
+        "bundle", help="a bundle folder written by `export` (same path on every node)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    serve.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="HTTP ingress replicas (parsing, auth, fan-out; no model)",
+    )
+    serve.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="model replicas, one StreamPool each; a stream lives on one shard (default 1)",
+    )
+    serve.add_argument(
+        "--num-gpus",
+        type=float,
+        default=0.0,
+        help="GPUs per shard (fractions share a GPU; default 0)",
+    )
+    serve.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join ('auto' or HEAD:6379; default: start a local Ray)",
+    )
+    serve.add_argument(
+        "--token",
+        default=os.environ.get("TIMESCLIP_SERVE_TOKEN"),
+        help="require 'Authorization: Bearer TOKEN' (default: $TIMESCLIP_SERVE_TOKEN; none)",
+    )
+    serve.add_argument(
+        "--max-request-bytes", type=int, default=8 << 20, help="larger bodies get 413 (8 MiB)"
+    )
+    serve.add_argument(
+        "--max-streams",
+        type=int,
+        default=None,
+        help="per shard; the least recently updated "
+        "streams are evicted beyond it (default: no limit)",
+    )
+    serve.add_argument(
+        "--snapshot-dir",
+        default=None,
+        help="write each shard's streams here and restore them on (re)start",
+    )
+    serve.add_argument(
+        "--snapshot-every", type=float, default=60.0, help="seconds between snapshots (60)"
+    )
+    serve.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+    serve.add_argument("--batch-size", type=int, default=256, help="windows per device call")
+    serve.add_argument(
+        "--batch-wait-ms", type=float, default=1.0, help="how long a batch waits to fill (1 ms)"
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="Prometheus port of a local Ray's metrics "
+        "agent (with --address: the cluster's `ray start --metrics-export-port`)",
+    )
+    serve.add_argument("--trusted-key", default=None, help="Ed25519 public key (PEM) to require")
+    serve.add_argument(
+        "--access-log", action="store_true", help="log every request (Ray Serve access log)"
+    )
+    serve.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import ray.serve  # noqa: F401
+        import starlette  # noqa: F401
+    except ImportError:
+        print("error: `serve` needs Ray Serve: pip install timesclip-darts[serve]", file=sys.stderr)
+        return 2
+    from timesclip_export.serve import ServeConfig, run_server
+
+    config = ServeConfig(
+        bundle=args.bundle,
+        host=args.host,
+        port=args.port,
+        replicas=args.replicas,
+        shards=args.shards,
+        num_gpus=args.num_gpus,
+        address=args.address,
+        token=args.token or None,
+        max_request_bytes=args.max_request_bytes,
+        max_streams=args.max_streams,
+        snapshot_dir=args.snapshot_dir,
+        snapshot_every=args.snapshot_every,
+        device=args.device,
+        batch_size=args.batch_size,
+        batch_wait_ms=args.batch_wait_ms,
+        metrics_port=args.metrics_port,
+        trusted_key=args.trusted_key,
+        access_log=args.access_log,
+    )
+    return run_server(config)

@@ -1,0 +1,765 @@
+"""``timesclip-darts serve`` under load: forecasts/s, latency, achieved batch sizes and memory for
+1, 100 and 1,000 live streams of real ETTm1 rows (15-minute rows, as the sensors send them),
+against the one-stream-at-a-time path, and a fault run that kills a shard mid-load.
+
+    python benchmarks/bench_serve.py                     # tiny and small presets (~12 min, CPU)
+    python benchmarks/bench_serve.py --preset tiny --bundle bundle/   # an ETTm1 bundle of yours
+    python benchmarks/bench_serve.py --smoke             # tiny, 1 and 20 streams, fault: ~100 s
+
+For each preset it trains a model on ETTm1 (``bench_runtime.train_model``) and exports it with
+its scaler, so the streams send raw rows in the original units; then starts the server in this
+process (``timesclip_export.serve.start``: a local Ray, Serve's HTTP proxy on 127.0.0.1) and:
+
+- primes every stream with its first ``input_chunk_length - 1`` rows (not timed), then sends
+  ``--ticks`` new rows per stream and times them, two ways: ``per_stream`` (one
+  ``POST /v1/streams/{id}/rows`` per row, ``--clients`` concurrent keep-alive connections) and
+  ``bulk`` (``POST /v1/rows`` with ``--bulk`` streams per request, as an ingestion gateway
+  would); reports forecasts/s, p50/p99 request latency, the achieved batch sizes (requests per
+  ``@serve.batch`` call and windows per device call, from ``GET /v1/stats``), the shard's RSS
+  before and after, errors (must be 0), and checks a sample of streams' forecasts against
+  ``RollingForecaster.rolling`` over the same rows (the batch path);
+- first preset: the shard's RSS after each of ``--steady-ticks`` bulk rows of the largest level
+  (flat or not);
+- with the server stopped, in this process: the one-stream-at-a-time path
+  (``RollingForecaster.update`` with one row per call, each stream's state swapped in: one
+  forecaster per stream would hold the same model many times; the call is the same) and the
+  ceiling, ``StreamPool.update`` with a row of every stream per call (no HTTP, no Ray);
+- fault run (tiny preset; with ``--smoke`` on the same server): two shards with snapshots every
+  ``--snapshot-every`` seconds, a paced stream load, the replica of shard 0 killed with
+  ``ray.kill`` a third of the way in. Clients
+  retry 503s and, on ``409 stream_behind``, re-send from the ``last_time`` the server names;
+  the run counts forecasts lost (rows that never got one) and duplicated (rows that got more
+  than one: those re-sent after the restore, identical values).
+
+Only loopback addresses are used. Writes ``benchmarks/results/serve.json`` (``--out``) and
+prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+RESULTS = Path(__file__).resolve().parent / "results"
+INPUT = 96
+HOST = "127.0.0.1"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=["tiny", "small", "both"], default="both")
+    parser.add_argument("--bundle", help="serve this bundle (ETTm1 columns) instead of training")
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 100, 1000])
+    parser.add_argument(
+        "--ticks", type=int, nargs="+", default=[60, 8, 4], help="rows per stream, per level"
+    )
+    parser.add_argument("--clients", type=int, default=32, help="concurrent HTTP clients")
+    parser.add_argument("--bulk", type=int, default=100, help="streams per /v1/rows request")
+    parser.add_argument("--horizon", type=int, default=96)
+    parser.add_argument("--train-windows", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=256, help="windows per device call")
+    parser.add_argument("--serial-calls", type=int, default=200, help="one-at-a-time calls")
+    parser.add_argument(
+        "--steady-ticks", type=int, default=30, help="bulk rows per stream for the RSS trace"
+    )
+    parser.add_argument("--check-streams", type=int, default=3, help="streams checked vs rolling")
+    parser.add_argument("--fault-streams", type=int, default=200)
+    parser.add_argument("--fault-ticks", type=int, default=12)
+    parser.add_argument("--fault-tick-s", type=float, default=1.0, help="seconds per row")
+    parser.add_argument("--snapshot-every", type=float, default=2.0)
+    parser.add_argument("--no-fault", action="store_true", help="skip the fault run")
+    parser.add_argument("--port", type=int, default=0, help="HTTP port (default: a free one)")
+    parser.add_argument("--data-dir", help="ETT CSV folder (default ../shared/data/ETT)")
+    parser.add_argument("--out", help="JSON file (default benchmarks/results/serve.json)")
+    parser.add_argument("--smoke", action="store_true", help="tiny, 1 and 20 streams, < 2 min")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.preset, args.streams, args.ticks = "tiny", [1, 20], [4, 2]
+        args.horizon, args.train_windows, args.serial_calls, args.steady_ticks = 24, 64, 10, 3
+        args.fault_streams, args.fault_ticks, args.clients, args.bulk = 10, 9, 8, 10
+        args.snapshot_every, args.fault_tick_s = 1.0, 0.5
+    if len(args.ticks) != len(args.streams):
+        parser.error("--ticks needs one value per --streams level")
+    return args
+
+
+# ------------------------------------------------------------------------------ data and model
+def load_rows(data_dir: str | None):
+    """ETTm1 as (timestamps as ISO strings, float64 values [rows, 7], column names)."""
+    import pandas as pd
+
+    from timesclip_darts.data import default_data_dir
+
+    folder = Path(data_dir) if data_dir else default_data_dir()
+    frame = pd.read_csv(Path(folder) / "ETTm1.csv")
+    stamps = pd.to_datetime(frame["date"]).dt.strftime("%Y-%m-%dT%H:%M:%S").tolist()
+    return stamps, frame.iloc[:, 1:].to_numpy(np.float64), list(frame.columns[1:])
+
+
+def make_bundle(args: argparse.Namespace, preset: str, folder: Path) -> Path:
+    """Train a model of ``preset`` on ETTm1 (bench_runtime's recipe) and export it with its
+    scaler, so the server takes raw rows."""
+    from bench_runtime import train_model
+    from timesclip_export.writer import export_bundle
+
+    from timesclip_darts.data import ett_splits, load_darts_dataset, save_scaler_json
+
+    series = load_darts_dataset("ETTm1", args.data_dir)
+    splits = ett_splits(series, "ETTm1", INPUT)
+    recipe = argparse.Namespace(
+        preset=preset, horizon=args.horizon, train_windows=args.train_windows
+    )
+    model_path = train_model(recipe, splits, folder)
+    save_scaler_json(splits.scaler, list(series.components), f"{model_path}.scaler.json")
+    bundle = folder / f"bundle_{preset}"
+    export_bundle(model_path, bundle)
+    return bundle
+
+
+# ------------------------------------------------------------------------------ HTTP client
+class Client:
+    """One keep-alive connection to the server (http.client, loopback only)."""
+
+    def __init__(self, port: int, timeout: float = 120) -> None:
+        self.port, self.timeout = port, timeout
+        self.connection: http.client.HTTPConnection | None = None
+
+    def request(self, method: str, path: str, body: object = None) -> tuple[int, dict]:
+        data = None if body is None else json.dumps(body).encode()
+        for attempt in range(2):  # one reconnect: the server may close idle connections
+            if self.connection is None:
+                self.connection = http.client.HTTPConnection(HOST, self.port, timeout=self.timeout)
+            try:
+                self.connection.request(
+                    method, path, body=data, headers={"Content-Type": "application/json"}
+                )
+                response = self.connection.getresponse()
+                payload = response.read()
+                try:
+                    return response.status, json.loads(payload or b"null")
+                except ValueError:
+                    return response.status, {"raw": payload.decode(errors="replace")[:200]}
+            except (OSError, http.client.HTTPException):
+                self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+
+
+def rows_body(stamps: list[str], values: np.ndarray, columns: list[str], a: int, b: int) -> dict:
+    return {
+        "timestamps": stamps[a:b],
+        "values": {c: values[a:b, j].tolist() for j, c in enumerate(columns)},
+    }
+
+
+@dataclass
+class Streams:
+    """Stream ``i`` replays ETTm1 from row ``offsets[i]``; ``sent[i]`` rows sent so far."""
+
+    names: list[str]
+    offsets: np.ndarray
+    sent: np.ndarray
+    got: dict[str, list[dict]] = field(default_factory=dict)
+
+    @classmethod
+    def make(cls, n: int, prefix: str, n_rows: int, needed: int, seed: int = 0) -> Streams:
+        rng = np.random.default_rng(seed)
+        offsets = rng.integers(0, n_rows - needed, size=n)
+        return cls([f"{prefix}-{i}" for i in range(n)], offsets, np.zeros(n, np.int64))
+
+
+def prime(port: int, streams: Streams, data, rows: int, bulk: int) -> None:
+    """Send each stream its first ``rows`` rows (bulk requests; not timed)."""
+    stamps, values, columns = data
+    client = Client(port)
+    for start in range(0, len(streams.names), bulk):
+        body = {"streams": {}}
+        for i in range(start, min(start + bulk, len(streams.names))):
+            o = int(streams.offsets[i])
+            body["streams"][streams.names[i]] = rows_body(stamps, values, columns, o, o + rows)
+        status, out = client.request("POST", "/v1/rows", body)
+        if status != 200 or out.get("failed"):
+            raise RuntimeError(f"priming failed: {status} {str(out)[:300]}")
+    streams.sent[:] = rows
+    client.close()
+
+
+def drive(
+    port: int, streams: Streams, data, ticks: int, mode: str, clients: int, bulk: int
+) -> dict:
+    """Send ``ticks`` new rows per stream; every row should get one forecast back."""
+    stamps, values, columns = data
+    n = len(streams.names)
+    latencies: list[float] = []
+    errors: list[str] = []
+    forecasts = [0]
+    lock = threading.Lock()
+    if mode == "per_stream":
+        groups = [list(range(k, n, clients)) for k in range(min(clients, n))]
+    else:  # bulk: groups of `bulk` streams, a request per group and tick
+        groups = [list(range(k, min(k + bulk, n))) for k in range(0, n, bulk)]
+    groups_per_worker = [
+        groups[k :: max(1, min(clients, len(groups)))] for k in range(min(clients, len(groups)))
+    ]
+
+    def worker(my_groups: list[list[int]]) -> None:
+        client = Client(port)
+        mine, seen, errs = [], 0, []
+        try:
+            for _ in range(ticks):
+                for group in my_groups:
+                    for_bulk = {}
+                    for i in group:
+                        o, k = int(streams.offsets[i]), int(streams.sent[i])
+                        body = rows_body(stamps, values, columns, o + k, o + k + 1)
+                        if mode == "bulk":
+                            for_bulk[streams.names[i]] = body
+                            continue
+                        start = time.perf_counter()
+                        status, out = client.request(
+                            "POST", f"/v1/streams/{streams.names[i]}/rows", body
+                        )
+                        mine.append(time.perf_counter() - start)
+                        if status != 200:
+                            errs.append(f"{status} {str(out)[:200]}")
+                            continue
+                        streams.got.setdefault(streams.names[i], []).extend(out["forecasts"])
+                        seen += len(out["forecasts"])
+                        streams.sent[i] += 1
+                    if mode == "bulk":
+                        start = time.perf_counter()
+                        status, out = client.request("POST", "/v1/rows", {"streams": for_bulk})
+                        mine.append(time.perf_counter() - start)
+                        if status != 200:
+                            errs.append(f"{status} {str(out)[:200]}")
+                            continue
+                        for i in group:
+                            answer = out["streams"][streams.names[i]]
+                            if answer["status"] != 200:
+                                errs.append(f"{answer['status']} {str(answer)[:200]}")
+                                continue
+                            streams.got.setdefault(streams.names[i], []).extend(answer["forecasts"])
+                            seen += len(answer["forecasts"])
+                            streams.sent[i] += 1
+        except Exception as err:  # counted, never hidden
+            errs.append(f"{type(err).__name__}: {err}")
+        finally:
+            client.close()
+        with lock:
+            latencies.extend(mine)
+            errors.extend(errs)
+            forecasts[0] += seen
+
+    threads = [threading.Thread(target=worker, args=(g,), daemon=True) for g in groups_per_worker]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=1800)
+    seconds = time.perf_counter() - start
+    ms = np.asarray(latencies) * 1e3 if latencies else np.zeros(1)
+    return {
+        "mode": mode,
+        "streams": n,
+        "ticks": ticks,
+        "requests": len(latencies),
+        "forecasts": forecasts[0],
+        "expected_forecasts": n * ticks,
+        "seconds": seconds,
+        "forecasts_per_s": forecasts[0] / seconds,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "errors": len(errors),
+        "error_sample": errors[:3],
+    }
+
+
+def batch_delta(before: dict, after: dict) -> dict:
+    """Mean requests per @serve.batch call and windows per device call between two stats."""
+    out = {}
+    for key in ("batch_requests", "batch_windows"):
+        calls = totals = 0.0
+        for b, a in zip(before["shards"], after["shards"], strict=True):
+            calls += a[key]["calls"] - b[key]["calls"]
+            totals += (a[key]["mean"] or 0) * a[key]["calls"] - (b[key]["mean"] or 0) * b[key][
+                "calls"
+            ]
+        out[key] = totals / calls if calls else None
+    return out
+
+
+def check_against_rolling(forecaster, streams: Streams, data, sample: int) -> dict:
+    """The forecasts a sample of streams got, against ``rolling`` over the rows they sent."""
+    stamps, values, _ = data
+    icl = forecaster.input_chunk_length
+    worst, checked = 0.0, 0
+    for i in range(min(sample, len(streams.names))):
+        got = streams.got.get(streams.names[i], [])
+        if not got:
+            continue
+        o, k = int(streams.offsets[i]), int(streams.sent[i])
+        reference = forecaster.rolling(values[o : o + k])  # [windows, H, N_t]
+        index = {stamps[o + icl - 1 + w]: w for w in range(len(reference))}
+        for forecast in got:
+            w = index[forecast["time"]]
+            array = np.array([forecast["values"][t] for t in forecaster.targets]).T
+            worst = max(worst, float(np.abs(array - reference[w]).max()))
+            checked += 1
+    return {"forecasts_checked": checked, "max_abs_diff": worst}
+
+
+def one_at_a_time(forecaster, data, n_streams: int, calls: int, seed: int = 1) -> dict:
+    """``RollingForecaster.update`` with one row per call over ``n_streams`` streams, each
+    stream's state swapped in (the model is the same for all; only the rows differ)."""
+    stamps, values, _ = data
+    icl = forecaster.input_chunk_length
+    streams = Streams.make(n_streams, "serial", len(values), icl + calls + 1, seed)
+    states = {}
+    for i in range(min(n_streams, calls)):
+        forecaster.reset()
+        o = int(streams.offsets[i])
+        forecaster.update(
+            values[o : o + icl - 1], timestamps=np.array(stamps[o : o + icl - 1], "datetime64[ns]")
+        )
+        states[i] = _state(forecaster)
+    latencies, made = [], 0
+    start = time.perf_counter()
+    for call in range(calls):
+        i = call % len(states)
+        _restore(forecaster, states[i])
+        row = icl - 1 + call // len(states)
+        o = int(streams.offsets[i])
+        t0 = time.perf_counter()
+        out = forecaster.update(
+            values[o + row : o + row + 1],
+            timestamps=np.array(stamps[o + row : o + row + 1], "datetime64[ns]"),
+        )
+        latencies.append(time.perf_counter() - t0)
+        made += len(out)
+        states[i] = _state(forecaster)
+    seconds = time.perf_counter() - start
+    ms = np.asarray(latencies) * 1e3
+    return {
+        "calls": calls,
+        "forecasts": made,
+        "forecasts_per_s": made / seconds,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
+
+
+def _state(forecaster) -> tuple:
+    return (forecaster._history, forecaster._last_time, forecaster._timed, forecaster.rows_seen)
+
+
+def _restore(forecaster, state: tuple) -> None:
+    forecaster._history, forecaster._last_time, forecaster._timed, forecaster.rows_seen = state
+
+
+def rss_of(stats: dict) -> dict:
+    return {
+        "shards_rss_mb": [round((s.get("rss_bytes") or 0) / 2**20, 1) for s in stats["shards"]],
+        "ingress_rss_mb": round((stats["ingress"].get("rss_bytes") or 0) / 2**20, 1),
+        "state_mb": round(sum(s.get("state_bytes", 0) for s in stats["shards"]) / 2**20, 2),
+    }
+
+
+# ------------------------------------------------------------------------------ runs
+def pool_ceiling(forecaster, data, n: int, ticks: int, seed: int = 2) -> dict:
+    """The same load as one ``StreamPool.update`` per tick in this process: no HTTP, no Ray;
+    the most the server could reach on this machine."""
+    from timesclip_export.streams import StreamPool
+
+    stamps, values, columns = data
+    icl = forecaster.input_chunk_length
+    streams = Streams.make(n, "pool", len(values), icl + ticks + 1, seed)
+    pool = StreamPool(forecaster)
+
+    def tick(a: int, b: int) -> dict:
+        rows = {}
+        for i, name in enumerate(streams.names):
+            o = int(streams.offsets[i])
+            rows[name] = {"values": values[o + a : o + b], "timestamps": stamps[o + a : o + b]}
+        return rows
+
+    pool.update(tick(0, icl - 1))
+    start, made = time.perf_counter(), 0
+    for k in range(ticks):
+        made += len(pool.update(tick(icl - 1 + k, icl + k)).forecasts)
+    seconds = time.perf_counter() - start
+    return {"streams": n, "ticks": ticks, "forecasts": made, "forecasts_per_s": made / seconds}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def steady_rss(args: argparse.Namespace, port: int, data, icl: int, client: Client) -> dict:
+    """The shard's RSS after each of ``--steady-ticks`` bulk rows for the largest level."""
+    n = max(args.streams)
+    streams = Streams.make(n, "steady", len(data[1]), icl + args.steady_ticks + 1, seed=3)
+    prime(port, streams, data, icl - 1, args.bulk)
+    trace, errors = [], 0
+    for _ in range(args.steady_ticks):
+        errors += drive(port, streams, data, 1, "bulk", args.clients, args.bulk)["errors"]
+        trace.append(rss_of(client.request("GET", "/v1/stats")[1])["shards_rss_mb"][0])
+    for name in streams.names:
+        client.request("DELETE", f"/v1/streams/{name}")
+    return {"streams": n, "ticks": args.steady_ticks, "shard_rss_mb": trace, "errors": errors}
+
+
+def run_preset(
+    args: argparse.Namespace,
+    bundle: Path,
+    data,
+    preset: str,
+    folder: Path,
+    fault: bool,
+    steady: bool = False,
+) -> dict:
+    """Start a server for ``bundle``, run the stream levels, the one-at-a-time path and the
+    in-process ceiling; with ``steady``, an RSS trace under a long bulk load; with ``fault``,
+    the fault run on the same server (two shards)."""
+    from timesclip_export import serve as server
+    from timesclip_export.runtime import RollingForecaster
+
+    port = args.port or free_port()
+    config = server.ServeConfig(
+        bundle=str(bundle),
+        port=port,
+        shards=2 if fault else 1,
+        batch_size=args.batch_size,
+        device="cpu",
+        snapshot_dir=str(folder / f"snapshots_{preset}") if fault else None,
+        snapshot_every=args.snapshot_every,
+    )
+    started = time.perf_counter()
+    server.start(config, quiet=True)
+    startup_s = time.perf_counter() - started
+    forecaster = RollingForecaster(bundle, device="cpu", batch_size=args.batch_size)
+    icl = forecaster.input_chunk_length
+    client = Client(port)
+    result: dict = {
+        "preset": preset,
+        "shards": config.shards,
+        "startup_s": round(startup_s, 1),
+        "levels": [],
+    }
+    try:
+        result["rss_start"] = rss_of(client.request("GET", "/v1/stats")[1])
+        for n, ticks in zip(args.streams, args.ticks, strict=True):
+            for mode in ("per_stream", "bulk"):
+                if mode == "bulk" and n == 1:
+                    continue
+                streams = Streams.make(n, f"{preset}-{mode}-{n}", len(data[1]), icl + ticks + 2)
+                prime(port, streams, data, icl - 1, args.bulk)
+                drive(port, streams, data, 1, mode, args.clients, args.bulk)  # warm-up tick
+                before = client.request("GET", "/v1/stats")[1]
+                level_rss = rss_of(before)
+                level = drive(port, streams, data, ticks, mode, args.clients, args.bulk)
+                after = client.request("GET", "/v1/stats")[1]
+                level.update(batch_delta(before, after))
+                level["rss_before"], level["rss_after"] = level_rss, rss_of(after)
+                level["check"] = check_against_rolling(
+                    forecaster, streams, data, args.check_streams
+                )
+                for name in streams.names:  # free the shard for the next level
+                    client.request("DELETE", f"/v1/streams/{name}")
+                result["levels"].append(level)
+                print(_level_line(preset, level), flush=True)
+        result["rss_end"] = rss_of(client.request("GET", "/v1/stats")[1])
+        if steady:
+            result["steady"] = steady_rss(args, port, data, icl, client)
+        if fault:
+            result["fault"] = fault_phase(args, port, data, icl)
+    finally:
+        client.close()
+        server.stop(config)
+    # In this process, with the server stopped: nothing else on the cores.
+    forecaster.reset()
+    result["one_at_a_time"] = one_at_a_time(forecaster, data, max(args.streams), args.serial_calls)
+    result["in_process_pool"] = pool_ceiling(forecaster, data, max(args.streams), args.ticks[-1])
+    serial = result["one_at_a_time"]["forecasts_per_s"]
+    for level in result["levels"]:
+        level["speedup_vs_one_at_a_time"] = level["forecasts_per_s"] / serial
+    result["in_process_pool"]["speedup_vs_one_at_a_time"] = (
+        result["in_process_pool"]["forecasts_per_s"] / serial
+    )
+    return result
+
+
+def fault_run(args: argparse.Namespace, bundle: Path, data, folder: Path) -> dict:
+    """A two-shard server with snapshots, for the fault phase alone."""
+    from timesclip_export import serve as server
+
+    port = args.port or free_port()
+    config = server.ServeConfig(
+        bundle=str(bundle),
+        port=port,
+        shards=2,
+        batch_size=args.batch_size,
+        snapshot_dir=str(folder / "snapshots_fault"),
+        snapshot_every=args.snapshot_every,
+    )
+    server.start(config, quiet=True)
+    try:
+        client = Client(port)
+        icl = client.request("GET", "/v1/model")[1]["input_chunk_length"]
+        client.close()
+        return fault_phase(args, port, data, icl)
+    finally:
+        server.stop(config)
+
+
+def fault_phase(args: argparse.Namespace, port: int, data, icl: int) -> dict:
+    """Paced load on a two-shard server; shard 0's replica is killed (``ray.kill``) a third of
+    the way in. Clients retry 503s and re-send from the ``last_time`` of a 409."""
+    import ray
+    from timesclip_export.serve_api import shard_for
+
+    stamps, values, columns = data
+    n, ticks = args.fault_streams, args.fault_ticks
+    streams = Streams.make(n, "fault", len(values), icl + ticks + 1, seed=7)
+    prime(port, streams, data, icl - 1, args.bulk)
+    received: dict[str, list[dict]] = {name: [] for name in streams.names}
+    log: dict = {"503": 0, "409_behind": 0, "409_seen": 0, "other": []}
+    lock = threading.Lock()
+    workers = min(args.clients, n)
+    tick_done = [0] * workers
+
+    def send(c: Client, i: int, upto: int) -> None:
+        """Send stream ``i`` its rows up to ``upto`` (exclusive), retrying as a client would."""
+        name, o = streams.names[i], int(streams.offsets[i])
+        deadline = time.monotonic() + 120
+        while streams.sent[i] < upto and time.monotonic() < deadline:
+            k = int(streams.sent[i])
+            body = rows_body(stamps, values, columns, o + k, o + upto)
+            try:
+                status, out = c.request("POST", f"/v1/streams/{name}/rows", body)
+            except OSError as err:
+                status, out = 599, {"error": {"code": "connection", "message": str(err)}}
+            with lock:
+                if status == 200:
+                    received[name].extend(out["forecasts"])
+                    streams.sent[i] = upto
+                elif status in (503, 599):
+                    log["503"] += 1
+                elif status == 409:
+                    error = out["error"]
+                    log["409_behind" if error["code"] == "stream_behind" else "409_seen"] += 1
+                    last = error.get("last_time")
+                    window = stamps[o : o + upto]
+                    # Resume after the row the server acknowledged last.
+                    streams.sent[i] = window.index(last) + 1 if last in window else k
+                else:
+                    log["other"].append(f"{status} {str(out)[:200]}")
+                    return
+            if status in (503, 599):
+                time.sleep(0.25)
+
+    def worker(w: int, mine: list[int]) -> None:
+        c = Client(port)
+        try:
+            for tick in range(ticks):
+                begin = time.monotonic()
+                for i in mine:
+                    send(c, i, icl + tick)
+                tick_done[w] = tick + 1
+                time.sleep(max(0.0, args.fault_tick_s - (time.monotonic() - begin)))
+        finally:
+            c.close()
+
+    groups = [list(range(k, n, workers)) for k in range(workers)]
+    threads = [
+        threading.Thread(target=worker, args=(w, g), daemon=True) for w, g in enumerate(groups)
+    ]
+    killed_at = None
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        if killed_at is None and min(tick_done) >= ticks // 3:
+            time.sleep(args.snapshot_every * 0.6)  # rows after the last snapshot, to be lost
+            for actor in ray.util.list_named_actors(all_namespaces=True):
+                if actor["name"].startswith("SERVE_REPLICA") and "#Shard0#" in actor["name"]:
+                    ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
+                    killed_at = time.perf_counter() - start
+        time.sleep(0.05)
+    seconds = time.perf_counter() - start
+    client = Client(port)
+    stats = client.request("GET", "/v1/stats")[1]
+    client.close()
+    lost = duplicated = differing = 0
+    for i, name in enumerate(streams.names):
+        o = int(streams.offsets[i])
+        by_time: dict[str, list] = {}
+        for forecast in received[name]:
+            by_time.setdefault(forecast["time"], []).append(forecast["values"])
+        for row in range(icl - 1, icl - 1 + ticks):
+            got = by_time.get(stamps[o + row], [])
+            lost += not got
+            duplicated += max(0, len(got) - 1)
+            differing += any(g != got[0] for g in got[1:])
+    shard0 = next(s for s in stats["shards"] if s["shard"] == 0)
+    return {
+        "streams": n,
+        "ticks": ticks,
+        "tick_s": args.fault_tick_s,
+        "shards": 2,
+        "snapshot_every_s": args.snapshot_every,
+        "killed_at_s": None if killed_at is None else round(killed_at, 2),
+        "shard0_restored_from_snapshot": shard0.get("restored_from") is not None,
+        "streams_on_shard0": sum(shard_for(name, 2) == 0 for name in streams.names),
+        "expected_forecasts": n * ticks,
+        "lost_forecasts": lost,
+        "duplicated_forecasts": duplicated,
+        "duplicates_differing": differing,
+        "retries_503": log["503"],
+        "conflicts_409_stream_behind": log["409_behind"],
+        "conflicts_409_already_seen": log["409_seen"],
+        "other_errors": len(log["other"]),
+        "error_sample": log["other"][:3],
+        "seconds": round(seconds, 1),
+    }
+
+
+def _level_line(preset: str, level: dict) -> str:
+    return (
+        f"{preset:<6} {level['streams']:>6} {level['mode']:<10} {level['forecasts_per_s']:>9.1f} "
+        f"{level['p50_ms']:>8.1f} {level['p99_ms']:>9.1f} {level['batch_requests'] or 0:>7.1f} "
+        f"{level['batch_windows'] or 0:>8.1f} {level['errors']:>6} "
+        f"{level['check']['max_abs_diff']:>9.1e}"
+    )
+
+
+HEADER = "preset streams mode        fcst/s   p50 ms    p99 ms  req/b  win/call errors  max|diff|"
+
+
+def print_table(result: dict) -> None:
+    print(f"\n{HEADER}  x serial")
+    for run in result["presets"]:
+        for level in run["levels"]:
+            print(f"{_level_line(run['preset'], level)} {level['speedup_vs_one_at_a_time']:>9.1f}")
+        serial, pool = run["one_at_a_time"], run["in_process_pool"]
+        print(
+            f"{run['preset']:<6} {'-':>6} {'serial':<10} {serial['forecasts_per_s']:>9.1f} "
+            f"{serial['p50_ms']:>8.1f} {serial['p99_ms']:>9.1f}   RollingForecaster.update, one "
+            "row per call, in process"
+        )
+        print(
+            f"{run['preset']:<6} {pool['streams']:>6} {'pool':<10} {pool['forecasts_per_s']:>9.1f}"
+            f"{'':>47}{pool['speedup_vs_one_at_a_time']:>9.1f}   StreamPool.update in process "
+            "(no HTTP): the ceiling"
+        )
+        per_level = ", ".join(
+            f"{level['streams']} {level['mode']}: {level['rss_before']['shards_rss_mb'][0]:.0f}"
+            f"->{level['rss_after']['shards_rss_mb'][0]:.0f}"
+            for level in run["levels"]
+        )
+        print(
+            f"{run['preset']:<6} RSS MB shard 0 before -> after each level's timed rows: "
+            f"{per_level}; at start {run['rss_start']['shards_rss_mb']}, at end "
+            f"{run['rss_end']['shards_rss_mb']}; ingress {run['rss_start']['ingress_rss_mb']} -> "
+            f"{run['rss_end']['ingress_rss_mb']}; startup {run['startup_s']} s, "
+            f"{run['shards']} shard(s)"
+        )
+    for run in result["presets"]:
+        if "steady" in run:
+            trace = run["steady"]["shard_rss_mb"]
+            print(
+                f"{run['preset']:<6} steady: {run['steady']['streams']} streams x "
+                f"{run['steady']['ticks']} bulk rows, shard RSS MB first {trace[0]:.0f}, min "
+                f"{min(trace):.0f}, max {max(trace):.0f}, last {trace[-1]:.0f}"
+            )
+    fault = result.get("fault")
+    if fault:
+        print(
+            f"\nfault: shard 0 killed at {fault['killed_at_s']} s, restored from snapshot: "
+            f"{fault['shard0_restored_from_snapshot']}; {fault['expected_forecasts']} forecasts "
+            f"expected, lost {fault['lost_forecasts']}, duplicated "
+            f"{fault['duplicated_forecasts']} (differing {fault['duplicates_differing']}); 503 "
+            f"retries {fault['retries_503']}, 409 behind {fault['conflicts_409_stream_behind']}, "
+            f"409 already seen {fault['conflicts_409_already_seen']}, other errors "
+            f"{fault['other_errors']}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore")
+    import torch
+    from timesclip_export.bundle import library_versions
+
+    data = load_rows(args.data_dir)
+    presets = ["tiny", "small"] if args.preset == "both" else [args.preset]
+    if args.bundle:
+        presets = presets[:1]
+    started = time.perf_counter()
+    result: dict = {
+        "config": {k: v for k, v in vars(args).items() if k not in ("out", "data_dir", "port")},
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "versions": library_versions(),
+        "data": "ETTm1 (15-minute rows), raw values; stream i replays it from a random offset",
+        "presets": [],
+    }
+    print(HEADER)
+    # --smoke: one server (two shards, snapshots) for the levels and the fault phase.
+    shared_fault = args.smoke and not args.no_fault
+    with tempfile.TemporaryDirectory(prefix="bench_serve_") as scratch:
+        folder = Path(scratch)
+        bundles = {}
+        for preset in presets:
+            bundles[preset] = (
+                Path(args.bundle) if args.bundle else make_bundle(args, preset, folder)
+            )
+            fault_here = shared_fault and preset == presets[0]
+            steady = preset == presets[0] and args.steady_ticks > 0
+            run = run_preset(args, bundles[preset], data, preset, folder, fault_here, steady)
+            if fault_here:
+                result["fault"] = run.pop("fault")
+            result["presets"].append(run)
+        if not args.no_fault and not shared_fault:
+            result["fault"] = fault_run(args, bundles[presets[0]], data, folder)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    print_table(result)
+    name = "serve_smoke.json" if args.smoke else "serve.json"
+    out = Path(args.out) if args.out else RESULTS / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out} ({result['seconds']} s)")
+    errors = sum(level["errors"] for run in result["presets"] for level in run["levels"])
+    fault = result.get("fault") or {}
+    return 1 if errors or fault.get("other_errors") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
