@@ -490,7 +490,9 @@ class Ingress:
         self._latency.observe(time.perf_counter() - start, tags={"route": route})
         self._responses.inc(tags={"route": route, "status": str(status)})
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        if status == 503:
+        if status == 405:
+            headers = {"Allow": ", ".join(payload["error"].get("allow", []))}
+        elif status == 503:
             headers = {"Retry-After": "1"}
         return JSONResponse(payload, status_code=status, headers=headers)
 
@@ -522,7 +524,12 @@ class Ingress:
                 "/v1/streams/{id}",
             )
         if method not in methods:
-            raise ApiError(405, "method", f"{method} {path} is not allowed; use {list(methods)}")
+            raise ApiError(
+                405,
+                "method",
+                f"{method} {path} is not allowed; use {list(methods)}",
+                allow=list(methods),
+            )
         route, handler = methods[method]
         return route, handler, args
 
