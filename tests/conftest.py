@@ -39,6 +39,22 @@ def etth1_series(start: int, stop: int) -> TimeSeries:
     return TimeSeries.from_dataframe(frame, time_col="date").astype(np.float32)
 
 
+def tiny_core(**overrides):
+    """A tiny-preset core TimesCLIP: 48 steps, 3 variates, horizon 8, d_model 32, 4 heads."""
+    from timesclip_darts import TimesCLIP
+
+    config = dict(
+        time_steps=48,
+        n_variates=3,
+        prediction_steps=8,
+        d_model=32,
+        n_heads=4,
+        clip_model_name="tiny",
+    )
+    config.update(overrides)
+    return TimesCLIP(**config)
+
+
 def tiny_timesclip(icl: int, ocl: int, **overrides):
     """A quiet tiny-preset TimesCLIPModel for tests: one epoch, d_model 32, 4 heads."""
     from timesclip_darts import TimesCLIPModel

@@ -26,7 +26,7 @@ from darts.utils.likelihood_models import (
 from pytorch_lightning.callbacks import Callback
 from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
 
-from tests.conftest import ROOT, etth1_series, tiny_timesclip
+from tests.conftest import ROOT, etth1_series, tiny_core, tiny_timesclip
 from timesclip_darts import BackboneUnavailableError, TimesCLIP, TimesCLIPModel
 from timesclip_darts.backbones import PRESETS, load_clip_towers
 from timesclip_darts.config import ConfigError, TimesCLIPConfig, default_patching
@@ -48,19 +48,8 @@ def short_series() -> TimeSeries:
 
 
 # --------------------------------------------------------------------- config and files
-def _tiny_core() -> TimesCLIP:
-    return TimesCLIP(
-        time_steps=48,
-        n_variates=3,
-        prediction_steps=8,
-        d_model=32,
-        n_heads=4,
-        clip_model_name="tiny",
-    )
-
-
 def test_config_round_trips_through_json_and_rebuilds_the_same_model(tmp_path: Path) -> None:
-    model = _tiny_core().eval()
+    model = tiny_core().eval()
     model.save_pretrained(tmp_path / "m")
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
     assert saved["model_type"] == "timesclip" and saved["vision_config"]["hidden_size"] == 32
@@ -73,7 +62,7 @@ def test_config_round_trips_through_json_and_rebuilds_the_same_model(tmp_path: P
 
 
 def test_from_pretrained_refuses_a_folder_whose_weights_do_not_match(tmp_path: Path) -> None:
-    _tiny_core().save_pretrained(tmp_path / "m")
+    tiny_core().save_pretrained(tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     config["d_model"] = 64  # the weights are for 32
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))

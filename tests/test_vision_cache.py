@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import etth1_series, tiny_timesclip
-from timesclip_darts import TimesCLIP, TimesCLIPModel
+from tests.conftest import etth1_series, tiny_core, tiny_timesclip
+from timesclip_darts import TimesCLIPModel
 from timesclip_darts.vision_module import FeatureCache, gather_features
 
 
@@ -33,15 +33,7 @@ def test_keys_follow_window_content() -> None:
 
 def test_cached_features_equal_computed_ones_and_skip_the_vit() -> None:
     torch.manual_seed(0)
-    model = TimesCLIP(
-        time_steps=48,
-        n_variates=3,
-        prediction_steps=8,
-        d_model=32,
-        n_heads=4,
-        clip_model_name="tiny",
-        vision_cache_mb=16,
-    )
+    model = tiny_core(vision_cache_mb=16)
     x_norm = torch.randn(6, 48, 3)
     assert not model.vision.cache_enabled  # off unless training asks for it
     model.vision.use_cache(True)
