@@ -80,16 +80,30 @@ def test_keys_work_for_every_floating_dtype_and_tell_dtypes_apart(dtype) -> None
     assert set(keys).isdisjoint(FeatureCache.keys(x.to(other)))
 
 
-def test_stored_rows_are_compact_host_copies_so_the_budget_bounds_memory() -> None:
+def test_rows_are_copied_into_one_host_slab_that_the_budget_bounds() -> None:
+    """One small tensor per row fragmented the C heap (RSS +40 MB per batch while the cache
+    held 5 MB); rows now share one slab, which is what ``used_bytes`` counts."""
     batch = torch.randn(256, 7, 128)  # one batch of features; rows used to be views into it
-    cache = FeatureCache(max_bytes=1 << 20)
-    for i in range(4):
-        cache.put(bytes([i]), batch[i])
-    row = cache.get(b"\x00")
-    assert row.device.type == "cpu" and row.untyped_storage().nbytes() == 7 * 128 * 4
-    assert cache.used_bytes == 4 * 7 * 128 * 4
+    row_bytes = 7 * 128 * 4
+    cache = FeatureCache(max_bytes=3000 * row_bytes)
+    for i in range(1500):  # past the first slab of 1024 rows: it doubles once
+        cache.put(i.to_bytes(2, "big"), batch[i % 256])
+    first, last = cache.get((0).to_bytes(2, "big")), cache.get((1499).to_bytes(2, "big"))
+    assert first.device.type == "cpu" and len(cache) == 1500
+    assert first.untyped_storage().data_ptr() == last.untyped_storage().data_ptr()
+    assert cache.used_bytes == 2048 * row_bytes == first.untyped_storage().nbytes()
+    expected = batch[0].clone()
     batch.zero_()  # the cache owns its rows: nothing it holds changes with the batch
-    assert row.abs().sum() > 0
+    torch.testing.assert_close(cache.get((0).to_bytes(2, "big")), expected, rtol=0, atol=0)
+    for i in range(1500, 4000):  # the budget caps the slab at 3000 rows, then LRU evicts
+        cache.put(i.to_bytes(2, "big"), torch.full((7, 128), float(i)))
+    assert len(cache) == 3000 and cache.used_bytes == 3000 * row_bytes
+    assert cache.get((1000).to_bytes(2, "big")) is None
+    assert cache.get((3999).to_bytes(2, "big"))[0, 0] == 3999.0
+    cache.put(b"other shape", torch.zeros(3, 5))  # another shape starts a new slab
+    assert len(cache) == 1 and cache.used_bytes == 1024 * 3 * 5 * 4
+    cache.clear()
+    assert len(cache) == 0 and cache.used_bytes == 0
 
 
 def test_cached_and_fresh_rows_are_gathered_on_the_inputs_device_and_dtype() -> None:
