@@ -24,7 +24,8 @@ lint: install
 demo: install
 	$(BIN)/timesclip-darts demo
 
-# Every benchmark figure in benchmarks/README.md (about 40 minutes on 2 CPU cores).
+# Every benchmark figure in benchmarks/README.md. bench_accuracy.py runs the literature's protocol
+# on four ETT datasets: hours on 2 CPU cores; it resumes where an interrupted run stopped.
 bench: install
 	$(BIN)/python benchmarks/bench_accuracy.py
 	$(BIN)/python benchmarks/bench_speed.py

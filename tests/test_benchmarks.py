@@ -53,6 +53,7 @@ def test_accuracy_smoke_scores_every_row_on_the_same_windows(
     naive = table[accuracy["NAIVE"]]["mse"]
     assert naive == pytest.approx(_repeat_last_mse_by_hand(64), rel=1e-4)
     assert json.loads((tmp_path / "accuracy.json").read_text())["table"] == report["table"]
+    assert "TimesCLIP ranks" in (tmp_path / "accuracy.md").read_text()
     plots = {p.name for p in (tmp_path / "plots").iterdir()}
     assert {"mse_by_model.png", "selection_attention_ETTh1.png"} <= plots
     assert any(name.startswith("forecasts_ETTh1_window") for name in plots)
@@ -69,6 +70,37 @@ def test_accuracy_rows_run_side_by_side_in_worker_processes(accuracy: dict, tmp_
     # The naive forecast has no seed: no spread. Trained rows differ between seeds.
     assert table[accuracy["NAIVE"]]["mse_spread"] == 0
     assert table["DLinear"]["mse_spread"] > 0
+    for run in report["runs"]:  # each row's own process: its own peak, its own wall time
+        assert run["peak_rss_mib"] >= run["rss_after_fit_mib"] > 100 and run["wall_s"] > 0
+        assert run["budget"] == report["budget"]
+        if run["model"] != accuracy["NAIVE"]:
+            assert 1 <= run["best_epoch"] <= run["epochs_run"] <= 2
+    assert report["timesclip_rank"]["ETTh1"]["of"] == 3
+
+
+def test_accuracy_resumes_from_its_json_and_never_overwrites_an_older_one(
+    accuracy: dict, tmp_path: Path, capsys
+) -> None:
+    args = ["--smoke", "--seeds", "0", "--jobs", "1", "--out", str(tmp_path)]
+    rows = ["--rows", "DLinear", accuracy["NAIVE"], "--ablation-datasets"]
+    first = accuracy["main"]([*args, *rows])
+    assert "2 to run" in capsys.readouterr().out
+    again = accuracy["main"]([*args, *rows])  # everything is there: nothing runs
+    assert "2 already in" in capsys.readouterr().out
+    assert again["runs"] == json.loads(json.dumps(first["runs"]))  # as the file holds them
+    grown = accuracy["main"]([*args, "--rows", "DLinear", "NLinear", "--ablation-datasets"])
+    assert "1 to run" in capsys.readouterr().out  # NLinear only
+    assert set(grown["table"]["ETTh1"]) == {"DLinear", "NLinear", accuracy["NAIVE"]}
+    rerun = accuracy["main"]([*args, "--rows", "DLinear", "--ablation-datasets", "--rerun"])
+    assert "1 to run" in capsys.readouterr().out and len(rerun["runs"]) == 3
+    report = accuracy["main"]([*args, "--report-only"])  # tables and plots, no runs
+    assert "0 to run" in capsys.readouterr().out and report["table"] == rerun["table"]
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "accuracy.json").write_text(json.dumps({"budget": {}, "runs": []}))
+    with pytest.raises(accuracy["ResultsFileError"], match="older bench_accuracy.py"):
+        accuracy["main"](["--smoke", "--seeds", "0", "--jobs", "1", "--out", str(legacy)])
+    assert json.loads((legacy / "accuracy.json").read_text()) == {"budget": {}, "runs": []}
 
 
 def test_speed_smoke_reports_ratios_and_the_cache_changes_no_forecast(tmp_path: Path) -> None:

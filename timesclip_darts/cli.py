@@ -567,7 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-train-windows",
         type=int,
         default=2000,
-        help="training windows per epoch, the most recent first (default 2000)",
+        help="train on a random sample of N training windows, fixed by the seed (default "
+        "2000; 0: every window, the benchmark's protocol)",
     )
     demo.add_argument(
         "--test-windows",
