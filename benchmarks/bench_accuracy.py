@@ -405,9 +405,11 @@ def draw_plots(results: list[Result], table: dict, args, budget: Budget, out: Pa
     paths = [plot_metric_bars(bars, "test MSE (scaled)", out / "mse_by_model.png")]
     for dataset in table:
         test = _test_split(dataset, args.data_dir, budget)
-        firsts = [r for r in results if r.dataset == dataset and r.examples]
-        if not firsts:
+        shown = [r for r in results if r.dataset == dataset and r.examples]
+        if not shown:
             continue
+        seed = min(r.seed for r in shown)  # one seed's forecasts per picture
+        firsts = [r for r in shown if r.seed == seed]
         for window in sorted(firsts[0].examples, key=int):
             start = int(window)
             index = test.time_index[start + INPUT : start + INPUT + HORIZON]
