@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import sys
 import tempfile
 import time
@@ -41,6 +40,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from process_memory import peak_rss_mib, rss_mib  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -203,15 +205,6 @@ def build_model(name: str, seed: int, budget: Budget, work_dir: str):
     raise ValueError(f"unknown row '{name}'")
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def run_row(
     dataset: str,
     seed: int,
@@ -246,7 +239,7 @@ def run_row(
                 model, splits.train, splits.val, seed, work_dir, dataloader_kwargs=loader
             )
             epochs_run, best_epoch, train_s = report.epochs_run, report.best_epoch, report.seconds
-    rss_after_fit = _rss_mib()
+    rss_after_fit = rss_mib()
     score = score_on_test(model, test, INPUT, HORIZON, {"dataloader_kwargs": loader})
     network = getattr(model, "model", None)
     n_params = sum(p.numel() for p in network.parameters() if p.requires_grad) if network else 0
@@ -275,7 +268,7 @@ def run_row(
         test_windows=n,
         forecasts_per_s=score.forecasts_per_second,
         trainable_parameters=n_params,
-        peak_rss_mib=_peak_rss_mib(),
+        peak_rss_mib=peak_rss_mib(),
         rss_after_fit_mib=rss_after_fit,
         wall_s=time.perf_counter() - started_row,
         budget=asdict(budget),
@@ -536,7 +529,19 @@ def load_runs(path: Path) -> list[Result]:
             f"{path} was written by an older bench_accuracy.py (another protocol); move it "
             "away or pass another --out, so that its figures are not lost"
         )
-    return [Result(**run) for run in report["runs"]]
+    examples = _examples_path(path)
+    kept = json.loads(examples.read_text()) if examples.is_file() else {}
+    return [Result(**{**run, "examples": kept.get(_run_id(run), {})}) for run in report["runs"]]
+
+
+def _examples_path(path: Path) -> Path:
+    """Forecast examples (for the pictures) live beside the results, not in them: they are 97 %
+    of the bytes and no table needs them."""
+    return path.with_name(f"{path.stem}_examples.json")
+
+
+def _run_id(run: dict) -> str:
+    return json.dumps([run["dataset"], run["seed"], run["model"], run["budget"]], sort_keys=True)
 
 
 def _key(r: Result) -> tuple:
@@ -569,10 +574,16 @@ def write_report(path: Path, runs: list[Result], budget: Budget, args, wall_s: f
         "published": [dict(dataset=d, model=m, mse=a, mae=b) for d, m, a, b in PUBLISHED],
         "runs": [asdict(r) for r in runs],
     }
+    stored = {**report, "runs": [{**run, "examples": {}} for run in report["runs"]]}
+    examples = {_run_id(run): run["examples"] for run in report["runs"] if run["examples"]}
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(report, indent=1))
-    partial.replace(path)
+    for target, payload, indent in (
+        (_examples_path(path), examples, None),
+        (path, stored, 1),
+    ):
+        partial = target.with_suffix(".json.partial")
+        partial.write_text(json.dumps(payload, indent=indent))
+        partial.replace(target)
     return report
 
 

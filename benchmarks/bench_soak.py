@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -24,15 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from process_memory import rss_mib  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP = 100
-
-
-def rss_mib() -> float:
-    """Resident set size of this process, from /proc (Linux)."""
-    with open("/proc/self/statm") as statm:
-        pages = int(statm.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def make_bundle(folder: Path, data_dir: Path) -> Path:

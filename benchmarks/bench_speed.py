@@ -25,16 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from process_memory import rss_mib  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def rss_mib() -> float:
-    """Resident set size of this process, from /proc (Linux)."""
-    with open("/proc/self/statm") as statm:
-        pages = int(statm.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 class PeakRss:

@@ -36,7 +36,6 @@ class FeatureCache:
         self.misses = 0
         self._slots: OrderedDict[bytes, int] = OrderedDict()
         self._slab: torch.Tensor | None = None
-        self._max_rows = 0
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -73,11 +72,11 @@ class FeatureCache:
         row = value.detach()
         slab = self._slab
         if slab is None or slab.shape[1:] != row.shape or slab.dtype != row.dtype:
-            self._max_rows = self.max_bytes // (row.numel() * row.element_size())
-            if self._max_rows == 0:
+            max_rows = self.max_bytes // (row.numel() * row.element_size())
+            if max_rows == 0:
                 return
             self._slots.clear()
-            rows = min(self._FIRST_ROWS, self._max_rows)
+            rows = min(self._FIRST_ROWS, max_rows)
             self._slab = torch.empty((rows, *row.shape), dtype=row.dtype, device="cpu")
         slot = self._free_slot()
         self._slab[slot].copy_(row)
@@ -87,9 +86,10 @@ class FeatureCache:
         """A slot to write: the next unused one, after growing the slab if it is full and
         under budget, else the least recently used row's."""
         used, capacity = len(self._slots), self._slab.shape[0]
-        if used == capacity and capacity < self._max_rows:
+        max_rows = self.max_bytes // (self._slab[0].numel() * self._slab.element_size())
+        if used == capacity and capacity < max_rows:
             grown = torch.empty(
-                (min(2 * capacity, self._max_rows), *self._slab.shape[1:]),
+                (min(2 * capacity, max_rows), *self._slab.shape[1:]),
                 dtype=self._slab.dtype,
             )
             grown[:capacity].copy_(self._slab)
