@@ -142,9 +142,12 @@ def _test_split(dataset: str, data_dir: str | None, budget: Budget):
     return test
 
 
-def build_model(name: str, seed: int, budget: Budget, work_dir: str):
+def build_model(
+    name: str, seed: int, budget: Budget, work_dir: str, timesclip_kwargs: dict | None = None
+):
     """A fresh model of row ``name`` with the protocol's arguments; Darts keeps its best
-    checkpoint by validation loss in ``work_dir``."""
+    checkpoint by validation loss in ``work_dir``. ``timesclip_kwargs`` change TimesCLIP rows'
+    arguments (a tuning variant, ``tune_timesclip.py``)."""
     import torch
     from darts.models import (
         DLinearModel,
@@ -161,15 +164,9 @@ def build_model(name: str, seed: int, budget: Budget, work_dir: str):
         return GlobalNaiveSeasonal(input_chunk_length=1, output_chunk_length=HORIZON)
     common = budget.protocol().model_kwargs(seed, work_dir, enable_progress_bar=False)
     if name == TIMESCLIP or name in ABLATIONS:
-        return TimesCLIPModel(
-            INPUT,
-            HORIZON,
-            clip_model_name=budget.preset,
-            d_model=budget.d_model,
-            n_heads=budget.n_heads,
-            **ABLATIONS.get(name, {}),
-            **common,
-        )
+        kwargs = dict(clip_model_name=budget.preset, d_model=budget.d_model, n_heads=budget.n_heads)
+        kwargs.update(ABLATIONS.get(name, {}), **common)
+        return TimesCLIPModel(INPUT, HORIZON, **{**kwargs, **(timesclip_kwargs or {})})
     # Each peer in its published multivariate long-term setting and with the schedule of the
     # library those figures come from (Time-Series-Library's "type1": lr halves every epoch):
     # the linear models shared across channels ("individual=False") at DLinear's ETT learning
@@ -641,25 +638,7 @@ def main(argv: list[str] | None = None) -> dict:
         write_report(path, runs, budget, args, time.perf_counter() - started)
         _progress(result, count, len(calls))
 
-    if calls and args.jobs == 1:  # in this process (CI): peak RSS is then the process's so far
-        for count, call in enumerate(calls, start=1):
-            record(run_row(*call), count)
-    elif calls:
-        import multiprocessing
-
-        # A fresh process per row (spawn: no torch state shared; one task per child: the
-        # row's peak RSS is its own).
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(
-            args.jobs,
-            mp_context=context,
-            max_tasks_per_child=1,
-            initializer=_exit_with_parent,
-            initargs=(os.getpid(),),
-        ) as pool:
-            futures = [pool.submit(run_row, *c) for c in calls]
-            for count, future in enumerate(as_completed(futures), start=1):
-                record(future.result(), count)
+    run_each(run_row, calls, args.jobs, record)
     wall_s = time.perf_counter() - started
     report = write_report(path, runs, budget, args, wall_s)
     print_table(report["table"])
@@ -670,6 +649,29 @@ def main(argv: list[str] | None = None) -> dict:
     print("plots: " + ", ".join(str(p) for p in plots))
     print(f"wall time of this invocation {wall_s / 60:.1f} min")
     return report
+
+
+def run_each(function, calls: list[tuple], jobs: int, record) -> None:
+    """``record(function(*call), count)`` for every call, as each finishes: in this process
+    when ``jobs == 1`` (CI; peak RSS is then the process's so far), else ``jobs`` at a time,
+    each in a fresh process (spawn: no torch state shared; one task per child: its peak RSS is
+    its own) that exits when this one is killed."""
+    if calls and jobs == 1:
+        for count, call in enumerate(calls, start=1):
+            record(function(*call), count)
+    elif calls:
+        import multiprocessing
+
+        with ProcessPoolExecutor(
+            jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            max_tasks_per_child=1,
+            initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:
+            futures = [pool.submit(function, *c) for c in calls]
+            for count, future in enumerate(as_completed(futures), start=1):
+                record(future.result(), count)
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -103,6 +103,29 @@ def test_accuracy_resumes_from_its_json_and_never_overwrites_an_older_one(
     assert json.loads((legacy / "accuracy.json").read_text()) == {"budget": {}, "runs": []}
 
 
+def test_tuning_judges_variants_by_validation_loss_against_the_default(
+    accuracy: dict, tmp_path: Path, capsys
+) -> None:
+    """Variants are fitted like accuracy rows, each with its own arguments (same seed and
+    windows, yet another validation loss), compared with the default run by run; resumable."""
+    tune = importlib.import_module("tune_timesclip")
+    regularised = "dropout 0.3, weight decay 0.1"
+    args = ["--datasets", "ETTh1", "--epochs", "2", "--patience", "1", "--preset", "tiny"]
+    args += ["--train-windows", "64", "--val-windows", "16", "--jobs", "1", "--out", str(tmp_path)]
+    report = tune.main([*args, "--variants", tune.DEFAULT, regularised])
+    runs = {r["variant"]: r for r in report["runs"]}
+    assert set(runs) == {tune.DEFAULT, regularised}
+    assert runs[regularised]["arguments"]["dropout"] == 0.3
+    default, other = runs[tune.DEFAULT]["val_mse"], runs[regularised]["val_mse"]
+    assert np.isfinite(default) and np.isfinite(other) and default != other
+    table = report["table"]
+    assert table[tune.DEFAULT]["change_vs_default_pct"] == 0
+    assert table[regularised]["change_vs_default_pct"] == pytest.approx(100 * (other / default - 1))
+    assert regularised in (tmp_path / "tuning.md").read_text()
+    again = tune.main([*args, "--variants", regularised])
+    assert "0 runs to do" in capsys.readouterr().out and again["runs"] == report["runs"]
+
+
 def test_speed_smoke_reports_ratios_and_the_cache_changes_no_forecast(tmp_path: Path) -> None:
     bench = runpy.run_path(str(BENCHMARKS / "bench_speed.py"))
     report = bench["main"](["--smoke", "--out", str(tmp_path)])

@@ -63,6 +63,7 @@ def test_the_best_validation_epoch_is_restored_not_the_last_one() -> None:
     assert report.epochs_run == len(losses.losses) and report.best_epoch == best + 1
     assert report.best_epoch < report.epochs_run  # the case where restoring matters
     assert report.epochs_run < 8 or best >= 8 - 3  # early stopping with patience 3
+    assert report.best_val_loss == pytest.approx(losses.losses[best], rel=1e-6)
     forecasts = model.historical_forecasts(
         val,
         start=val.time_index[48],

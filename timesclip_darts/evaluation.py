@@ -170,8 +170,9 @@ class TrainingProtocol:
         seconds = time.perf_counter() - started
         epochs_run = int(model.epochs_trained)
         best = _best_epoch(Path(work_dir))
+        best_val_loss = float(model.trainer.checkpoint_callback.best_model_score)
         model = type(model).load_from_checkpoint(CHECKPOINT_NAME, work_dir=str(work_dir), best=True)
-        return model, FitReport(epochs_run, best, seconds)
+        return model, FitReport(epochs_run, best, seconds, best_val_loss)
 
 
 @dataclass
@@ -179,6 +180,7 @@ class FitReport:
     epochs_run: int  # what early stopping let run
     best_epoch: int  # 1-based: the epoch whose weights were restored
     seconds: float
+    best_val_loss: float  # the restored epoch's validation loss (what model choices may use)
 
 
 def _best_epoch(work_dir: Path) -> int:
