@@ -465,7 +465,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--peer-schedule", choices=("halving", "none"), default=Budget.peer_schedule
     )
     parser.add_argument("--preset", default=Budget.preset, help="CLIP preset, folder or hub id")
-    parser.add_argument("--jobs", type=int, default=2, help="rows trained side by side")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="rows trained side by side, each in its own process (0: all in this one, the "
+        "tests' mode; peak RSS is then not the row's own)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per row")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument(
@@ -652,11 +658,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def run_each(function, calls: list[tuple], jobs: int, record) -> None:
-    """``record(function(*call), count)`` for every call, as each finishes: in this process
-    when ``jobs == 1`` (CI; peak RSS is then the process's so far), else ``jobs`` at a time,
-    each in a fresh process (spawn: no torch state shared; one task per child: its peak RSS is
-    its own) that exits when this one is killed."""
-    if calls and jobs == 1:
+    """``record(function(*call), count)`` for every call, as each finishes: ``jobs`` at a
+    time, each in a fresh process (spawn: no torch state shared; one task per child: its peak
+    RSS is its own) that exits when this one is killed; ``jobs == 0`` runs them in this process
+    (the tests: no start-up per row, but peak RSS is then the process's so far)."""
+    if calls and jobs == 0:
         for count, call in enumerate(calls, start=1):
             record(function(*call), count)
     elif calls:

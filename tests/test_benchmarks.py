@@ -42,7 +42,7 @@ def _repeat_last_mse_by_hand(windows: int) -> float:
 def test_accuracy_smoke_scores_every_row_on_the_same_windows(
     accuracy: dict, tmp_path: Path, capsys
 ) -> None:
-    report = accuracy["main"](["--smoke", "--seeds", "0", "--jobs", "1", "--out", str(tmp_path)])
+    report = accuracy["main"](["--smoke", "--seeds", "0", "--jobs", "0", "--out", str(tmp_path)])
     table = report["table"]["ETTh1"]
     expected = {accuracy["TIMESCLIP"], *accuracy["BASELINES"], *accuracy["ABLATIONS"]}
     assert set(table) == expected
@@ -81,7 +81,7 @@ def test_accuracy_rows_run_side_by_side_in_worker_processes(accuracy: dict, tmp_
 def test_accuracy_resumes_from_its_json_and_never_overwrites_an_older_one(
     accuracy: dict, tmp_path: Path, capsys
 ) -> None:
-    args = ["--smoke", "--seeds", "0", "--jobs", "1", "--out", str(tmp_path)]
+    args = ["--smoke", "--seeds", "0", "--jobs", "0", "--out", str(tmp_path)]
     rows = ["--rows", "DLinear", accuracy["NAIVE"], "--ablation-datasets"]
     first = accuracy["main"]([*args, *rows])
     assert "2 to run" in capsys.readouterr().out
@@ -99,7 +99,7 @@ def test_accuracy_resumes_from_its_json_and_never_overwrites_an_older_one(
     legacy.mkdir()
     (legacy / "accuracy.json").write_text(json.dumps({"budget": {}, "runs": []}))
     with pytest.raises(accuracy["ResultsFileError"], match="older bench_accuracy.py"):
-        accuracy["main"](["--smoke", "--seeds", "0", "--jobs", "1", "--out", str(legacy)])
+        accuracy["main"](["--smoke", "--seeds", "0", "--jobs", "0", "--out", str(legacy)])
     assert json.loads((legacy / "accuracy.json").read_text()) == {"budget": {}, "runs": []}
 
 
@@ -111,7 +111,7 @@ def test_tuning_judges_variants_by_validation_loss_against_the_default(
     tune = importlib.import_module("tune_timesclip")
     regularised = "dropout 0.3, weight decay 0.1"
     args = ["--datasets", "ETTh1", "--epochs", "2", "--patience", "1", "--preset", "tiny"]
-    args += ["--train-windows", "64", "--val-windows", "16", "--jobs", "1", "--out", str(tmp_path)]
+    args += ["--train-windows", "64", "--val-windows", "16", "--jobs", "0", "--out", str(tmp_path)]
     report = tune.main([*args, "--variants", tune.DEFAULT, regularised])
     runs = {r["variant"]: r for r in report["runs"]}
     assert set(runs) == {tune.DEFAULT, regularised}
