@@ -120,6 +120,7 @@ class Result:
     rss_after_fit_mib: float
     wall_s: float  # the whole row: data, fit, best-epoch reload, test
     budget: dict = field(default_factory=dict)
+    best_val_loss: float | None = None  # the restored epoch's validation MSE (older rows: None)
     examples: dict = field(default_factory=dict)  # window -> forecast values (first seed only)
     attention: list | None = None  # TimesCLIP's selection attention of the first test window
 
@@ -225,6 +226,7 @@ def run_row(
     test = _test_split(dataset, data_dir, budget)
     loader = {"pin_memory": torch.cuda.is_available()}
     epochs_run = best_epoch = 0
+    best_val_loss = None
     with protocol_work_dir() as work_dir:
         model = build_model(name, seed, budget, work_dir=work_dir)
         started = time.perf_counter()
@@ -236,6 +238,7 @@ def run_row(
                 model, splits.train, splits.val, seed, work_dir, dataloader_kwargs=loader
             )
             epochs_run, best_epoch, train_s = report.epochs_run, report.best_epoch, report.seconds
+            best_val_loss = report.best_val_loss
     rss_after_fit = rss_mib()
     score = score_on_test(model, test, INPUT, HORIZON, {"dataloader_kwargs": loader})
     network = getattr(model, "model", None)
@@ -269,6 +272,7 @@ def run_row(
         rss_after_fit_mib=rss_after_fit,
         wall_s=time.perf_counter() - started_row,
         budget=asdict(budget),
+        best_val_loss=best_val_loss,
         examples=examples,
         attention=attention,
     )

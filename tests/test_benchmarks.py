@@ -75,6 +75,9 @@ def test_accuracy_rows_run_side_by_side_in_worker_processes(accuracy: dict, tmp_
         assert run["budget"] == report["budget"]
         if run["model"] != accuracy["NAIVE"]:
             assert 1 <= run["best_epoch"] <= run["epochs_run"] <= 2
+            assert np.isfinite(run["best_val_loss"]) and run["best_val_loss"] > 0
+        else:
+            assert run["best_val_loss"] is None  # nothing trained, nothing validated
     assert report["timesclip_rank"]["ETTh1"]["of"] == 3
 
 
