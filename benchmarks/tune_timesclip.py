@@ -57,6 +57,9 @@ VARIANTS: dict[str, dict] = {
     "trainable ViT": {"freeze_vision": False},
 }
 TUNING_DATASETS = ("ETTh1", "ETTh2")
+# Darts rows of bench_accuracy.py, fitted alike and scored on validation too: how far a variant
+# still is from the peers, on the same windows, without looking at the test split.
+REFERENCES = ("DLinear", "NLinear", "TiDE", "TSMixer", "NHiTS")
 
 
 @dataclass
@@ -76,7 +79,8 @@ class TuningRun:
 def tune_row(
     dataset: str, seed: int, variant: str, budget: Budget, data_dir: str | None, threads: int
 ) -> TuningRun:
-    """Fit TimesCLIP with ``variant``'s arguments under the protocol; validation only."""
+    """Fit TimesCLIP with ``variant``'s arguments (or the reference row ``variant``) under the
+    protocol; validation only."""
     import torch
 
     from timesclip_darts.evaluation import protocol_work_dir
@@ -84,9 +88,12 @@ def tune_row(
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
     splits = _splits(dataset, data_dir)
-    arguments = VARIANTS[variant]
+    arguments = VARIANTS.get(variant, {})
     with protocol_work_dir() as work_dir:
-        model = build_model(TIMESCLIP, seed, budget, work_dir, timesclip_kwargs=arguments)
+        if variant in REFERENCES:
+            model = build_model(variant, seed, budget, work_dir)
+        else:
+            model = build_model(TIMESCLIP, seed, budget, work_dir, timesclip_kwargs=arguments)
         _, report = budget.protocol().fit(
             model,
             splits.train,
@@ -114,7 +121,7 @@ def summarise(runs: list[TuningRun]) -> dict[str, dict]:
     the change against ``default`` on the same (dataset, seed) pairs."""
     by_key = {(r.dataset, r.seed, r.variant): r for r in runs}
     table: dict[str, dict] = {}
-    for variant in [v for v in VARIANTS if any(r.variant == v for r in runs)]:
+    for variant in [v for v in (*VARIANTS, *REFERENCES) if any(r.variant == v for r in runs)]:
         mine = [r for r in runs if r.variant == variant]
         datasets = sorted({r.dataset for r in mine})
         per_dataset = {
@@ -147,8 +154,9 @@ def markdown(table: dict, datasets: list[str]) -> str:
     for variant, e in table.items():
         cells = " | ".join(f"{e['val_mse'][d]:.4f}" if d in e["val_mse"] else "-" for d in datasets)
         change = e["change_vs_default_pct"]
+        name = f"{variant} (reference)" if variant in REFERENCES else variant
         lines.append(
-            f"| {variant} | {cells} | {'-' if change is None else f'{change:+.1f} %'} "
+            f"| {name} | {cells} | {'-' if change is None else f'{change:+.1f} %'} "
             f"| {e['runs']} | {e['epochs_run']:.1f} ({e['best_epoch']:.1f}) "
             f"| {e['seconds_per_epoch']:.0f} |"
         )
@@ -186,6 +194,13 @@ def write_report(path: Path, runs: list[TuningRun], budget: Budget) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--references",
+        nargs="*",
+        default=[],
+        choices=list(REFERENCES),
+        help="Darts rows to score on validation beside the variants",
+    )
     parser.add_argument("--datasets", nargs="+", default=list(TUNING_DATASETS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--epochs", type=int, default=Budget.epochs)
@@ -217,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     tasks = [
         (d, s, v)
         for s in args.seeds
-        for v in sorted(args.variants, key=lambda v: v != DEFAULT)
+        for v in [*sorted(args.variants, key=lambda v: v != DEFAULT), *args.references]
         for d in args.datasets
         if (d, s, v) not in done
     ]

@@ -115,16 +115,17 @@ def test_tuning_judges_variants_by_validation_loss_against_the_default(
     regularised = "dropout 0.3, weight decay 0.1"
     args = ["--datasets", "ETTh1", "--epochs", "2", "--patience", "1", "--preset", "tiny"]
     args += ["--train-windows", "64", "--val-windows", "16", "--jobs", "0", "--out", str(tmp_path)]
-    report = tune.main([*args, "--variants", tune.DEFAULT, regularised])
+    report = tune.main([*args, "--variants", tune.DEFAULT, regularised, "--references", "DLinear"])
     runs = {r["variant"]: r for r in report["runs"]}
-    assert set(runs) == {tune.DEFAULT, regularised}
+    assert set(runs) == {tune.DEFAULT, regularised, "DLinear"}
+    assert runs["DLinear"]["arguments"] == {} and np.isfinite(runs["DLinear"]["val_mse"])
     assert runs[regularised]["arguments"]["dropout"] == 0.3
     default, other = runs[tune.DEFAULT]["val_mse"], runs[regularised]["val_mse"]
     assert np.isfinite(default) and np.isfinite(other) and default != other
     table = report["table"]
     assert table[tune.DEFAULT]["change_vs_default_pct"] == 0
     assert table[regularised]["change_vs_default_pct"] == pytest.approx(100 * (other / default - 1))
-    assert regularised in (tmp_path / "tuning.md").read_text()
+    assert "DLinear (reference)" in (tmp_path / "tuning.md").read_text()
     again = tune.main([*args, "--variants", regularised])
     assert "0 runs to do" in capsys.readouterr().out and again["runs"] == report["runs"]
 
