@@ -2,9 +2,9 @@
 
 Each variant (a set of ``TimesCLIPModel`` arguments) is trained exactly like a
 ``bench_accuracy.py`` row (same splits, budget, seeds, best epoch restored) and judged by the
-**best validation MSE** its fit reached (scaled, every validation window). The test split is
-never read here, so a default picked from this table carries no test information; the test
-figures of the chosen defaults come from ``bench_accuracy.py`` afterwards.
+**best validation MSE** its fit reached (scaled, every validation window). Nothing is ever
+forecast or scored on the test split here, so a default picked from this table carries no test
+information; the test figures of the chosen defaults come from ``bench_accuracy.py`` afterwards.
 
 Results go to ``results/tuning.json`` (rewritten after each run, resumable: runs already there
 with the same budget are skipped) and ``results/tuning.md``.
@@ -117,8 +117,8 @@ def tune_row(
 
 
 def summarise(runs: list[TuningRun]) -> dict[str, dict]:
-    """Per variant: validation MSE per dataset (mean over seeds), the mean over datasets, and
-    the change against ``default`` on the same (dataset, seed) pairs."""
+    """Per variant: validation MSE per dataset (mean over seeds) and the mean change against
+    ``default`` over the runs that have a default run of the same dataset and seed."""
     by_key = {(r.dataset, r.seed, r.variant): r for r in runs}
     table: dict[str, dict] = {}
     for variant in [v for v in (*VARIANTS, *REFERENCES) if any(r.variant == v for r in runs)]:
@@ -177,7 +177,7 @@ def write_report(path: Path, runs: list[TuningRun], budget: Budget) -> dict:
     report = {
         "format": FORMAT,
         "judged_by": "best validation MSE of the fit (scaled, every validation window); "
-        "the test split is not read",
+        "nothing is forecast or scored on the test split",
         "training": budget.protocol().describe(),
         "budget": asdict(budget),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
