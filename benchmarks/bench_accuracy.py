@@ -583,21 +583,23 @@ def write_report(path: Path, runs: list[Result], budget: Budget, args, wall_s: f
     }
     stored = {**report, "runs": [{**run, "examples": {}} for run in report["runs"]]}
     examples = {_run_id(run): run["examples"] for run in report["runs"] if run["examples"]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for target, payload, indent in (
-        (_examples_path(path), examples, None),
-        (path, stored, 1),
-    ):
-        partial = target.with_suffix(".json.partial")
-        partial.write_text(json.dumps(payload, indent=indent))
-        partial.replace(target)
+    write_json(_examples_path(path), examples, indent=None)
+    write_json(path, stored)
     return report
 
 
-def main(argv: list[str] | None = None) -> dict:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    args = parse_args(argv)
-    budget = Budget(
+def write_json(path: Path, payload, indent: int | None = 1) -> None:
+    """Write ``payload`` beside ``path`` and rename it into place: an interrupted run leaves
+    the previous file whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(payload, indent=indent))
+    partial.replace(path)
+
+
+def budget_from_args(args: argparse.Namespace) -> Budget:
+    """The protocol's budget from the command line (shared with ``tune_timesclip.py``)."""
+    return Budget(
         epochs=args.epochs,
         patience=args.patience,
         train_windows=args.train_windows,
@@ -605,6 +607,12 @@ def main(argv: list[str] | None = None) -> dict:
         peer_schedule=args.peer_schedule,
         preset=args.preset,
     )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = parse_args(argv)
+    budget = budget_from_args(args)
     if args.smoke:
         budget = Budget(
             epochs=2,

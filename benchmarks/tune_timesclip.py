@@ -28,8 +28,10 @@ from bench_accuracy import (  # noqa: E402
     TIMESCLIP,
     Budget,
     _splits,
+    budget_from_args,
     build_model,
     run_each,
+    write_json,
 )
 from process_memory import peak_rss_mib  # noqa: E402
 
@@ -184,10 +186,7 @@ def write_report(path: Path, runs: list[TuningRun], budget: Budget) -> dict:
         "table": summarise(current),
         "runs": [asdict(r) for r in runs],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(report, indent=1))
-    partial.replace(path)
+    write_json(path, report)
     return report
 
 
@@ -207,6 +206,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patience", type=int, default=Budget.patience)
     parser.add_argument("--train-windows", type=int, default=None)
     parser.add_argument("--val-windows", type=int, default=None)
+    parser.add_argument(
+        "--peer-schedule",
+        choices=("halving", "none"),
+        default=Budget.peer_schedule,
+        help="of the --references rows",
+    )
     parser.add_argument("--preset", default=Budget.preset)
     parser.add_argument("--jobs", type=int, default=2, help="0: in this process")
     parser.add_argument("--threads", type=int, default=1)
@@ -218,13 +223,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = parse_args(argv)
-    budget = Budget(
-        epochs=args.epochs,
-        patience=args.patience,
-        train_windows=args.train_windows,
-        val_windows=args.val_windows,
-        preset=args.preset,
-    )
+    budget = budget_from_args(args)
     path = args.out / "tuning.json"
     runs = load_runs(path)
     done = {(r.dataset, r.seed, r.variant) for r in runs if r.budget == asdict(budget)}

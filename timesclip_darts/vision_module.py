@@ -72,7 +72,7 @@ class FeatureCache:
         row = value.detach()
         slab = self._slab
         if slab is None or slab.shape[1:] != row.shape or slab.dtype != row.dtype:
-            max_rows = self.max_bytes // (row.numel() * row.element_size())
+            max_rows = self._rows_in_budget(row)
             if max_rows == 0:
                 return
             self._slots.clear()
@@ -82,11 +82,14 @@ class FeatureCache:
         self._slab[slot].copy_(row)
         self._slots[key] = slot
 
+    def _rows_in_budget(self, row: torch.Tensor) -> int:
+        return self.max_bytes // (row.numel() * row.element_size())
+
     def _free_slot(self) -> int:
         """A slot to write: the next unused one, after growing the slab if it is full and
         under budget, else the least recently used row's."""
         used, capacity = len(self._slots), self._slab.shape[0]
-        max_rows = self.max_bytes // (self._slab[0].numel() * self._slab.element_size())
+        max_rows = self._rows_in_budget(self._slab[0])
         if used == capacity and capacity < max_rows:
             grown = torch.empty(
                 (min(2 * capacity, max_rows), *self._slab.shape[1:]),
