@@ -22,7 +22,9 @@ Rows: every model on ETTh1 and ETTh2, plus the TimesCLIP ablations there; on ETT
 process (``--jobs`` side by side, ``--threads`` each) and reports its wall time, epochs run,
 best epoch, seconds per epoch, forecasts/s and peak RSS. Results go to ``--out``/accuracy.json
 after every row; rows already there with the same budget are skipped (``--rerun`` runs them
-again), so an interrupted run resumes where it stopped.
+again), so an interrupted run resumes where it stopped. Each row records its model's arguments
+(defaults included): a row measured with arguments other than today's (a default changed since)
+is kept in the file but left out of the table and run again.
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ class Result:
     wall_s: float  # the whole row: data, fit, best-epoch reload, test
     budget: dict = field(default_factory=dict)
     best_val_loss: float | None = None  # the restored epoch's validation MSE (older rows: None)
+    arguments: dict | None = None  # the model's arguments (model_arguments): what was measured
     examples: dict = field(default_factory=dict)  # window -> forecast values (first seed only)
     attention: list | None = None  # TimesCLIP's selection attention of the first test window
 
@@ -203,6 +206,40 @@ def build_model(
     raise ValueError(f"unknown row '{name}'")
 
 
+# Arguments that name a run rather than the model: the seed and budget are in a row's key already.
+_RUN_ARGUMENTS = ("work_dir", "model_name", "random_state", "pl_trainer_kwargs", "force_reset")
+
+
+def model_arguments(model) -> dict:
+    """What defines ``model`` as a row, as JSON: its constructor arguments with every default
+    filled in (Darts' ``model_params``) and, for torch models, the optimiser and schedule it
+    resolved (TimesCLIP's defaults live there), minus what names the run. A row is current
+    when its recorded arguments equal a freshly built row's."""
+    params = {**model.model_params, **getattr(model, "pl_module_params", {})}
+    return {k: _jsonable(v) for k, v in sorted(params.items()) if k not in _RUN_ARGUMENTS}
+
+
+def _jsonable(value):
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def current_arguments(names, budget: Budget) -> dict[str, dict]:
+    """Row name -> the arguments a row built today gets (construction only: nothing is fitted
+    or loaded); names this script does not build are left out."""
+    known = {TIMESCLIP, *ABLATIONS, *BASELINES}
+    with tempfile.TemporaryDirectory(prefix="bench_accuracy_args_") as work_dir:
+        built = {n: build_model(n, 0, budget, work_dir) for n in names if n in known}
+    return {n: model_arguments(model) for n, model in built.items()}
+
+
 def run_row(
     dataset: str,
     seed: int,
@@ -229,6 +266,7 @@ def run_row(
     best_val_loss = None
     with protocol_work_dir() as work_dir:
         model = build_model(name, seed, budget, work_dir=work_dir)
+        arguments = model_arguments(model)
         started = time.perf_counter()
         if name == NAIVE:
             model.fit(splits.train)
@@ -273,6 +311,7 @@ def run_row(
         wall_s=time.perf_counter() - started_row,
         budget=asdict(budget),
         best_val_loss=best_val_loss,
+        arguments=arguments,
         examples=examples,
         attention=attention,
     )
@@ -548,16 +587,33 @@ def _examples_path(path: Path) -> Path:
 
 
 def _run_id(run: dict) -> str:
-    return json.dumps([run["dataset"], run["seed"], run["model"], run["budget"]], sort_keys=True)
+    key = [run["dataset"], run["seed"], run["model"], run["budget"]]
+    if run.get("arguments") is not None:  # two rows may differ only there (a default changed)
+        key.append(run["arguments"])
+    return json.dumps(key, sort_keys=True)
 
 
-def _key(r: Result) -> tuple:
-    return (r.dataset, r.seed, r.model, json.dumps(r.budget, sort_keys=True))
+def is_current(r: Result, budget: Budget, arguments: dict[str, dict]) -> bool:
+    """Whether ``r`` was measured under ``budget`` with the arguments its row gets today; a row
+    without recorded arguments (or of a row this script no longer builds) is not."""
+    return (
+        r.budget == asdict(budget)
+        and r.arguments is not None
+        and (r.arguments == arguments.get(r.model))
+    )
 
 
-def write_report(path: Path, runs: list[Result], budget: Budget, args, wall_s: float) -> dict:
-    """Write every run (all budgets) and the table of this budget's runs, atomically."""
-    current = [r for r in runs if r.budget == asdict(budget)]
+def write_report(
+    path: Path,
+    runs: list[Result],
+    budget: Budget,
+    args,
+    wall_s: float,
+    arguments: dict[str, dict],
+) -> dict:
+    """Write every run (all budgets and arguments) and the table of the current runs (this
+    budget, today's ``arguments`` per row), atomically."""
+    current = [r for r in runs if is_current(r, budget, arguments)]
     table = summarise(current)
     report = {
         "format": FORMAT,
@@ -628,17 +684,20 @@ def main(argv: list[str] | None = None) -> dict:
         out = Path(tempfile.mkdtemp(prefix="bench_accuracy_")) if args.smoke else RESULTS
     path = out / "accuracy.json"
     runs = load_runs(path)
-    done = {_key(r) for r in runs}
     tasks = plan(args)
+    arguments = current_arguments({n for _, _, n in tasks} | {r.model for r in runs}, budget)
     if args.rerun:
         asked = {(d, s, n) for d, s, n in tasks}
         runs = [
             r
             for r in runs
-            if (r.dataset, r.seed, r.model) not in asked or r.budget != asdict(budget)
+            if (r.dataset, r.seed, r.model) not in asked or not is_current(r, budget, arguments)
         ]
-        done = {_key(r) for r in runs}
-    todo = [t for t in tasks if (*t, json.dumps(asdict(budget), sort_keys=True)) not in done]
+    done = {(r.dataset, r.seed, r.model) for r in runs if is_current(r, budget, arguments)}
+    stale = sum(r.budget == asdict(budget) and not is_current(r, budget, arguments) for r in runs)
+    if stale:
+        print(f"{stale} row(s) in {path} measured with other model arguments: kept, not tabled")
+    todo = [t for t in tasks if t not in done]
     if args.report_only:
         todo = []
     first_seed = min(args.seeds)
@@ -653,16 +712,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     def record(result: Result, count: int) -> None:
         runs.append(result)
-        write_report(path, runs, budget, args, time.perf_counter() - started)
+        write_report(path, runs, budget, args, time.perf_counter() - started, arguments)
         _progress(result, count, len(calls))
 
     run_each(run_row, calls, args.jobs, record)
     wall_s = time.perf_counter() - started
-    report = write_report(path, runs, budget, args, wall_s)
+    report = write_report(path, runs, budget, args, wall_s, arguments)
     print_table(report["table"])
     (out / "accuracy.md").write_text(markdown(report["table"]))
     print(f"\nwrote {path} and {out / 'accuracy.md'}")
-    current = [r for r in runs if r.budget == asdict(budget)]
+    current = [r for r in runs if is_current(r, budget, arguments)]
     plots = draw_plots(current, report["table"], args, budget, out / "plots")
     print("plots: " + ", ".join(str(p) for p in plots))
     print(f"wall time of this invocation {wall_s / 60:.1f} min")

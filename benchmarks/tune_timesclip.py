@@ -7,7 +7,8 @@ forecast or scored on the test split here, so a default picked from this table c
 information; the test figures of the chosen defaults come from ``bench_accuracy.py`` afterwards.
 
 Results go to ``results/tuning.json`` (rewritten after each run, resumable: runs already there
-with the same budget are skipped) and ``results/tuning.md``.
+with the same budget and model arguments are skipped; one measured before a default changed is
+kept but not tabled) and ``results/tuning.md``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from bench_accuracy import (  # noqa: E402
     _splits,
     budget_from_args,
     build_model,
+    model_arguments,
     run_each,
     write_json,
 )
@@ -76,6 +79,31 @@ class TuningRun:
     train_s: float
     peak_rss_mib: float
     budget: dict
+    # bench_accuracy.model_arguments of the fitted model (defaults included): a run whose
+    # arguments differ from a variant built today (a default changed since) is not tabled.
+    model_arguments: dict | None = None
+
+
+def build_variant(variant: str, seed: int, budget: Budget, work_dir: str):
+    """TimesCLIP with ``variant``'s arguments, or the reference row ``variant``."""
+    if variant in REFERENCES:
+        return build_model(variant, seed, budget, work_dir)
+    return build_model(TIMESCLIP, seed, budget, work_dir, timesclip_kwargs=VARIANTS[variant])
+
+
+def current_arguments(variants, budget: Budget) -> dict[str, dict]:
+    """Variant -> the arguments its model gets today (construction only)."""
+    known = [v for v in variants if v in VARIANTS or v in REFERENCES]
+    with tempfile.TemporaryDirectory(prefix="tune_timesclip_args_") as work_dir:
+        return {v: model_arguments(build_variant(v, 0, budget, work_dir)) for v in known}
+
+
+def is_current(run: TuningRun, budget: Budget, arguments: dict[str, dict]) -> bool:
+    return (
+        run.budget == asdict(budget)
+        and run.model_arguments is not None
+        and (run.model_arguments == arguments.get(run.variant))
+    )
 
 
 def tune_row(
@@ -92,10 +120,8 @@ def tune_row(
     splits = _splits(dataset, data_dir)
     arguments = VARIANTS.get(variant, {})
     with protocol_work_dir() as work_dir:
-        if variant in REFERENCES:
-            model = build_model(variant, seed, budget, work_dir)
-        else:
-            model = build_model(TIMESCLIP, seed, budget, work_dir, timesclip_kwargs=arguments)
+        model = build_variant(variant, seed, budget, work_dir)
+        recorded = model_arguments(model)
         _, report = budget.protocol().fit(
             model,
             splits.train,
@@ -115,6 +141,7 @@ def tune_row(
         train_s=report.seconds,
         peak_rss_mib=peak_rss_mib(),
         budget=asdict(budget),
+        model_arguments=recorded,
     )
 
 
@@ -174,8 +201,11 @@ def load_runs(path: Path) -> list[TuningRun]:
     return [TuningRun(**run) for run in report["runs"]]
 
 
-def write_report(path: Path, runs: list[TuningRun], budget: Budget) -> dict:
-    current = [r for r in runs if r.budget == asdict(budget)]
+def write_report(
+    path: Path, runs: list[TuningRun], budget: Budget, arguments: dict[str, dict]
+) -> dict:
+    """Every run, and the table of those current under ``budget`` and today's ``arguments``."""
+    current = [r for r in runs if is_current(r, budget, arguments)]
     report = {
         "format": FORMAT,
         "judged_by": "best validation MSE of the fit (scaled, every validation window); "
@@ -226,7 +256,10 @@ def main(argv: list[str] | None = None) -> dict:
     budget = budget_from_args(args)
     path = args.out / "tuning.json"
     runs = load_runs(path)
-    done = {(r.dataset, r.seed, r.variant) for r in runs if r.budget == asdict(budget)}
+    arguments = current_arguments(
+        {*args.variants, *args.references, *(r.variant for r in runs)}, budget
+    )
+    done = {(r.dataset, r.seed, r.variant) for r in runs if is_current(r, budget, arguments)}
     # The default first, so that every variant has its reference early.
     tasks = [
         (d, s, v)
@@ -240,7 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def record(run: TuningRun, count: int) -> None:
         runs.append(run)
-        write_report(path, runs, budget)
+        write_report(path, runs, budget, arguments)
         print(
             f"[{count}/{len(tasks)}] {run.dataset} seed {run.seed} {run.variant}: val MSE "
             f"{run.val_mse:.4f}, best epoch {run.best_epoch} of {run.epochs_run}, "
@@ -250,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     calls = [(d, s, v, budget, args.data_dir, args.threads) for d, s, v in tasks]
     run_each(tune_row, calls, args.jobs, record)
-    report = write_report(path, runs, budget)
+    report = write_report(path, runs, budget, arguments)
     text = markdown(report["table"], args.datasets)
     (args.out / "tuning.md").write_text(text)
     print("\n" + text + f"\nwrote {path}")

@@ -98,6 +98,17 @@ def test_accuracy_resumes_from_its_json_and_never_overwrites_an_older_one(
     assert "1 to run" in capsys.readouterr().out and len(rerun["runs"]) == 3
     report = accuracy["main"]([*args, "--report-only"])  # tables and plots, no runs
     assert "0 to run" in capsys.readouterr().out and report["table"] == rerun["table"]
+    # A row measured with other arguments than its row gets today (a default changed since) is
+    # kept in the file, left out of the table and measured again.
+    stored = json.loads((tmp_path / "accuracy.json").read_text())
+    stale = next(r for r in stored["runs"] if r["model"] == "DLinear")
+    stale["arguments"]["kernel_size"], stale["mse"] = 13, 99.0
+    (tmp_path / "accuracy.json").write_text(json.dumps(stored))
+    redone = accuracy["main"]([*args, *rows])
+    out = capsys.readouterr().out
+    assert "1 row(s) in" in out and "1 to run" in out
+    assert [r["mse"] for r in redone["runs"] if r["model"] == "DLinear"][0] == 99.0
+    assert len(redone["runs"]) == 4 and redone["table"]["ETTh1"]["DLinear"]["mse"] != 99.0
     legacy = tmp_path / "legacy"
     legacy.mkdir()
     (legacy / "accuracy.json").write_text(json.dumps({"budget": {}, "runs": []}))
@@ -128,6 +139,15 @@ def test_tuning_judges_variants_by_validation_loss_against_the_default(
     assert "DLinear (reference)" in (tmp_path / "tuning.md").read_text()
     again = tune.main([*args, "--variants", regularised])
     assert "0 runs to do" in capsys.readouterr().out and again["runs"] == report["runs"]
+    # Had the default's dropout changed since, its run would be stale: kept, not tabled, redone.
+    stored = json.loads((tmp_path / "tuning.json").read_text())
+    default_run = next(r for r in stored["runs"] if r["variant"] == tune.DEFAULT)
+    assert default_run["model_arguments"]["dropout"] == 0.1
+    default_run["model_arguments"]["dropout"] = 0.2
+    (tmp_path / "tuning.json").write_text(json.dumps(stored))
+    redone = tune.main([*args, "--variants", tune.DEFAULT])
+    assert "1 runs to do" in capsys.readouterr().out and len(redone["runs"]) == 4
+    assert redone["table"][tune.DEFAULT]["val_mse"]["ETTh1"] == pytest.approx(default)
 
 
 def test_speed_smoke_reports_ratios_and_the_cache_changes_no_forecast(tmp_path: Path) -> None:
