@@ -5,6 +5,7 @@ this module starts on 127.0.0.1 and stops at the end."""
 from __future__ import annotations
 
 import filecmp
+import importlib.metadata
 import os
 import re
 import signal
@@ -202,6 +203,12 @@ def test_train_logs_parameters_losses_model_and_scaler(cli_trained, csv_path: Pa
     artifacts = [a.path for a in MlflowClient().list_artifacts(run_id, "scaler")]
     assert artifacts == ["scaler/model.pt.scaler.json"]
     assert "registered as timesclip-cli v1" in out
+    # Its environment names this package (the flavor alone pins only darts): a serving host
+    # built from requirements.txt can import the class the flavor loads.
+    logged = Path(mlflow.artifacts.download_artifacts(artifact_uri="models:/timesclip-cli/1"))
+    requirements = (logged / "requirements.txt").read_text().split()
+    assert any(r.startswith("darts==") for r in requirements)
+    assert f"timesclip-darts=={importlib.metadata.version('timesclip-darts')}" in requirements
     # The registered model forecasts exactly as the file `train` saved.
     series = TimesCLIPModel.load(str(model_path))
     data = etth1_series(0, 400)[["HUFL", "OT"]]

@@ -490,12 +490,25 @@ def log_model_to_mlflow(model, model_path: str | Path, register: str | None = No
     from darts.utils.mlflow import log_model
 
     with _mlflow_errors():
-        info = log_model(model, name="model", registered_model_name=register)
+        info = log_model(
+            model,
+            name="model",
+            registered_model_name=register,
+            extra_pip_requirements=mlflow_pip_requirements(),
+        )
         scaler = scaler_path(model_path)
         if scaler.is_file():
             mlflow.log_artifact(str(scaler), artifact_path="scaler")
     registered = f", registered as {register} v{info.registered_model_version}" if register else ""
     return f"mlflow: logged the model to run {info.run_id} as {info.model_uri}{registered}"
+
+
+def mlflow_pip_requirements() -> list[str]:
+    """What a logged model needs beyond Darts' own pin (the flavor's default): this package,
+    whose class the flavor imports at load, pinned to the version that saved it."""
+    from importlib.metadata import version
+
+    return [f"timesclip-darts=={version('timesclip-darts')}"]
 
 
 def log_bundle_to_mlflow(
