@@ -38,7 +38,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from ray import serve
 from ray.util import metrics
 from starlette.requests import ClientDisconnect, Request
@@ -239,7 +238,7 @@ class Shard:
             self._m.batch_windows.observe(len(update.forecasts), tags=self._m.tags)
             for r in update.rejected:
                 i, rows = batch[r.stream]
-                state = stream_state(self.pool, r.stream) or {}
+                state = self.pool.info(r.stream) or {}
                 answers[i]["rejected"][r.stream] = {
                     "reason": r.reason,
                     "message": r.message,
@@ -315,7 +314,7 @@ class Shard:
     # -- reads and admin -----------------------------------------------------------------
     async def stream_info(self, stream: str) -> dict | None:
         """``GET /v1/streams/{id}``: the shard, rows and last acknowledged timestamp."""
-        state = await self._run(stream_state, self.pool, stream)
+        state = await self._run(self.pool.info, stream)
         return None if state is None else {"stream": stream, "shard": self.index, **state}
 
     async def drop(self, stream: str) -> bool:
@@ -360,27 +359,6 @@ class Shard:
     def __del__(self) -> None:
         if hasattr(self, "_stop"):
             self._stop.set()
-
-
-def stream_state(pool: Any, stream: str) -> dict | None:
-    """A stream's accepted rows, forecasts and last timestamp (ISO 8601 or an integer; ``None``
-    for an untimed stream), read from the pool's state; ``None`` for an unknown stream.
-
-    StreamPool keeps these per stream but has no public accessor for them yet, so this reads its
-    arrays under its lock (one place to change when it gets one)."""
-    from timesclip_export.streams import _as_labels
-
-    with pool._lock:
-        slot = pool._slots.get(stream)
-        if slot is None:
-            return None
-        timed = int(pool._timed[slot]) == 1
-        last = np.asarray([pool._last_time[slot]], np.int64)
-        return {
-            "rows": int(pool._rows[slot]),
-            "forecasts": int(pool._forecasts[slot]),
-            "last_time": _as_labels(last, pool.forecaster.time)[0] if timed else None,
-        }
 
 
 def _summary(tally: Tally) -> dict:

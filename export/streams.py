@@ -280,6 +280,22 @@ class StreamPool:
                 "state_bytes": sum(a.nbytes for a in state) + self._forecasts.nbytes,
             }
 
+    def info(self, stream: str) -> dict | None:
+        """One stream's accepted rows, forecasts and last timestamp (as the bundle's index
+        writes it: ISO 8601 or an integer; ``None`` for an untimed stream); ``None`` for a
+        stream the pool does not hold (never seen, dropped or evicted)."""
+        with self._lock:
+            slot = self._slots.get(stream)
+            if slot is None:
+                return None
+            timed = int(self._timed[slot]) == 1
+            last = np.asarray([self._last_time[slot]], np.int64)
+            return {
+                "rows": int(self._rows[slot]),
+                "forecasts": int(self._forecasts[slot]),
+                "last_time": _as_labels(last, self.forecaster.time)[0] if timed else None,
+            }
+
     def drop(self, stream: str) -> bool:
         """Forget a stream; ``False`` when there was none of that id."""
         with self._lock:

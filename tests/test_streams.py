@@ -102,6 +102,14 @@ def test_pool_forecasts_equal_one_rolling_forecaster_per_stream(
         assert forecasts[0].parameters is None
     stats = pool.stats()
     assert stats["streams"] == 4 and stats["rows"] == sum(seen.values())
+    for stream, start in starts.items():  # each stream's own counters and last timestamp
+        last = times[start + seen[stream] - 1]
+        assert pool.info(stream) == {
+            "rows": seen[stream],
+            "forecasts": len(got[stream]),
+            "last_time": _iso(np.asarray([last]))[0],
+        }
+    assert pool.info("never seen") is None
     assert stats["forecasts"] == sum(len(f) for f in got.values())
 
 
@@ -312,6 +320,11 @@ def test_max_streams_evicts_the_least_recently_updated(forecaster, rows) -> None
     assert pool.stats()["evictions"] == 1
     pool.update({"b": values[:1]})  # back as a new stream: evicts a (oldest now)
     assert "a" not in pool and pool.stats()["evictions"] == 2
+    assert pool.info("a") is None and pool.info("b") == {
+        "rows": 1,
+        "forecasts": 0,
+        "last_time": None,
+    }
     assert pool.drop("b") and not pool.drop("b") and len(pool) == 2
 
 
