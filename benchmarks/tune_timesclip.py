@@ -60,6 +60,15 @@ VARIANTS: dict[str, dict] = {
     "d_model 256": {"d_model": 256},
     "patch 8, stride 4": {"patch_length": 8, "stride": 4},
     "trainable ViT": {"freeze_vision": False},
+    # Next (not run yet): with random-weight presets neither tower is pretrained, so the
+    # pretrained towers' tenth of the rate has no reason here ...
+    "trainable ViT, towers at 1e-3": {"freeze_vision": False, "text_encoder_lr": 1e-3},
+    # ... and the trainable ViT peaked at its first ETTh2 epoch: with the regularisation.
+    "trainable ViT, dropout 0.3, weight decay 0.1": {
+        "freeze_vision": False,
+        "dropout": 0.3,
+        "optimizer_kwargs": {"lr": 1e-3, "weight_decay": 0.1},
+    },
 }
 TUNING_DATASETS = ("ETTh1", "ETTh2")
 # Darts rows of bench_accuracy.py, fitted alike and scored on validation too: how far a variant
