@@ -593,14 +593,18 @@ def _run_id(run: dict) -> str:
     return json.dumps(key, sort_keys=True)
 
 
+def measured_as_today(
+    recorded_budget: dict, recorded: dict | None, today: dict | None, budget: Budget
+) -> bool:
+    """Whether a result recorded under ``recorded_budget`` with model arguments ``recorded``
+    is current: the same budget, and the arguments its model gets today (``today``). Without
+    recorded arguments (or a model no longer built) it is not. Shared with tune_timesclip."""
+    return recorded_budget == asdict(budget) and recorded is not None and recorded == today
+
+
 def is_current(r: Result, budget: Budget, arguments: dict[str, dict]) -> bool:
-    """Whether ``r`` was measured under ``budget`` with the arguments its row gets today; a row
-    without recorded arguments (or of a row this script no longer builds) is not."""
-    return (
-        r.budget == asdict(budget)
-        and r.arguments is not None
-        and (r.arguments == arguments.get(r.model))
-    )
+    """Whether row ``r`` was measured under ``budget`` with the arguments it gets today."""
+    return measured_as_today(r.budget, r.arguments, arguments.get(r.model), budget)
 
 
 def write_report(

@@ -32,6 +32,7 @@ from bench_accuracy import (  # noqa: E402
     _splits,
     budget_from_args,
     build_model,
+    measured_as_today,
     model_arguments,
     run_each,
     write_json,
@@ -108,11 +109,7 @@ def current_arguments(variants, budget: Budget) -> dict[str, dict]:
 
 
 def is_current(run: TuningRun, budget: Budget, arguments: dict[str, dict]) -> bool:
-    return (
-        run.budget == asdict(budget)
-        and run.model_arguments is not None
-        and (run.model_arguments == arguments.get(run.variant))
-    )
+    return measured_as_today(run.budget, run.model_arguments, arguments.get(run.variant), budget)
 
 
 def tune_row(
