@@ -70,8 +70,11 @@ model = TimesCLIPModel(48, 12, clip_model_name="tiny", d_model=32, n_heads=4, dr
                        pl_trainer_kwargs=trainer)
 model.fit(series, max_samples_per_ts=320)
 model.save(out)  # on every rank: Lightning's checkpointing is collective
-print("world size", model.trainer.world_size)
-print("cache hits", model.model.core.vision.cache.hits)  # rank 0's own cache
+# Rank 0 alone reports, in one write: both ranks share stdout, and two processes printing at
+# once interleave their lines.
+if model.trainer.is_global_zero:
+    hits = model.model.core.vision.cache.hits  # rank 0's own cache
+    print(f"world size {model.trainer.world_size}\\ncache hits {hits}", flush=True)
 """
 
 
