@@ -285,11 +285,15 @@ series = TimeSeries.from_dataframe(frame, time_col="date").astype(np.float32)
 model = TimesCLIPModel(48, 12, clip_model_name="tiny", d_model=32, n_heads=4, n_epochs=1)
 model.fit(series)
 model.predict(12)
+from darts.utils.data import SequentialTorchTrainingDataset
+dataset = SequentialTorchTrainingDataset(series, input_chunk_length=48, output_chunk_length=12)
+model.fit_from_dataset(dataset)
 """
 
 
 def test_quiet_by_default_and_writes_nothing(tmp_path: Path) -> None:
-    """Darts' defaults (progress bar, summary), in a fresh process as a user would run it."""
+    """Darts' defaults (progress bar, summary), in a fresh process as a user would run it;
+    `fit` and `fit_from_dataset` alike."""
     import subprocess
     import sys
 

@@ -538,17 +538,21 @@ class TimesCLIPModel(PastCovariatesTorchModel):
         self.target_components = list(_as_list(series)[0].components)
         covariates = _as_list(past_covariates)
         self.past_covariate_components = list(covariates[0].components) if covariates else []
+        return super().fit(
+            series,
+            past_covariates,
+            future_covariates,
+            val_series,
+            val_past_covariates,
+            val_future_covariates,
+            *args,
+            **kwargs,
+        )
+
+    # `fit` ends here too, so both entry points train quietly.
+    def fit_from_dataset(self, *args, **kwargs):
         with _quiet_lightning():
-            return super().fit(
-                series,
-                past_covariates,
-                future_covariates,
-                val_series,
-                val_past_covariates,
-                val_future_covariates,
-                *args,
-                **kwargs,
-            )
+            return super().fit_from_dataset(*args, **kwargs)
 
     def predict(
         self, n, series=None, past_covariates=None, future_covariates=None, *args, **kwargs
