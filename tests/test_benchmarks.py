@@ -135,8 +135,12 @@ def test_tuning_judges_variants_by_validation_loss_against_the_default(
     assert np.isfinite(default) and np.isfinite(other) and default != other
     table = report["table"]
     assert table[tune.DEFAULT]["change_vs_default_pct"] == 0
-    assert table[regularised]["change_vs_default_pct"] == pytest.approx(100 * (other / default - 1))
-    assert "DLinear (reference)" in (tmp_path / "tuning.md").read_text()
+    change = 100 * (other / default - 1)
+    assert table[regularised]["change_vs_default_pct"] == pytest.approx(change)
+    by_dataset = table[regularised]["change_vs_default_pct_by_dataset"]
+    assert by_dataset == {"ETTh1": pytest.approx(change)}
+    written = (tmp_path / "tuning.md").read_text()
+    assert "DLinear (reference)" in written and f"{other:.4f} ({change:+.1f} %)" in written
     again = tune.main([*args, "--variants", regularised])
     assert "0 runs to do" in capsys.readouterr().out and again["runs"] == report["runs"]
     # Had the default's dropout changed since, its run would be stale: kept, not tabled, redone.
@@ -148,6 +152,8 @@ def test_tuning_judges_variants_by_validation_loss_against_the_default(
     redone = tune.main([*args, "--variants", tune.DEFAULT])
     assert "1 runs to do" in capsys.readouterr().out and len(redone["runs"]) == 4
     assert redone["table"][tune.DEFAULT]["val_mse"]["ETTh1"] == pytest.approx(default)
+    # The table spans invocations: a run on another dataset adds its column, in the ETT order.
+    assert tune.tabled_datasets({"a": {"val_mse": {"ETTm1": 1, "ETTh2": 1}}}) == ["ETTh2", "ETTm1"]
 
 
 def test_speed_smoke_reports_ratios_and_the_cache_changes_no_forecast(tmp_path: Path) -> None:
