@@ -8,7 +8,10 @@ information; the test figures of the chosen defaults come from ``bench_accuracy.
 
 Results go to ``results/tuning.json`` (rewritten after each run, resumable: runs already there
 with the same budget and model arguments are skipped; one measured before a default changed is
-kept but not tabled) and ``results/tuning.md``.
+kept but not tabled) and ``results/tuning.md``. The ``default`` of a dataset and seed is not
+fitted again when the ``accuracy.json`` beside it holds that TimesCLIP row with its validation
+loss: that row is the same fit (same builder, protocol, seed and windows; a test keeps them
+equal), and on ETTm1/ETTm2 it is an hour or two of CPU.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from bench_accuracy import (  # noqa: E402
     model_arguments,
     run_each,
     write_json,
+)
+from bench_accuracy import (  # noqa: E402
+    load_runs as load_accuracy_runs,
 )
 from process_memory import peak_rss_mib  # noqa: E402
 
@@ -93,6 +99,7 @@ class TuningRun:
     # bench_accuracy.model_arguments of the fitted model (defaults included): a run whose
     # arguments differ from a variant built today (a default changed since) is not tabled.
     model_arguments: dict | None = None
+    source: str = "tune_timesclip"  # or "bench_accuracy": a default taken from accuracy.json
 
 
 def build_variant(variant: str, seed: int, budget: Budget, work_dir: str):
@@ -150,6 +157,34 @@ def tune_row(
         budget=asdict(budget),
         model_arguments=recorded,
     )
+
+
+def defaults_from_accuracy(
+    path: Path, budget: Budget, arguments: dict[str, dict]
+) -> list[TuningRun]:
+    """``bench_accuracy.py``'s TimesCLIP rows in ``path`` that recorded their best validation
+    loss, as ``default`` runs: only those measured under ``budget`` with the arguments the
+    default gets today."""
+    return [
+        TuningRun(
+            dataset=r.dataset,
+            seed=r.seed,
+            variant=DEFAULT,
+            arguments={},
+            val_mse=r.best_val_loss,
+            best_epoch=r.best_epoch,
+            epochs_run=r.epochs_run,
+            train_s=r.train_s,
+            peak_rss_mib=r.peak_rss_mib,
+            budget=r.budget,
+            model_arguments=r.arguments,
+            source="bench_accuracy",
+        )
+        for r in load_accuracy_runs(path)
+        if r.model == TIMESCLIP
+        and r.best_val_loss is not None
+        and measured_as_today(r.budget, r.arguments, arguments.get(DEFAULT), budget)
+    ]
 
 
 def summarise(runs: list[TuningRun]) -> dict[str, dict]:
@@ -283,9 +318,14 @@ def main(argv: list[str] | None = None) -> dict:
     path = args.out / "tuning.json"
     runs = load_runs(path)
     arguments = current_arguments(
-        {*args.variants, *args.references, *(r.variant for r in runs)}, budget
+        {DEFAULT, *args.variants, *args.references, *(r.variant for r in runs)}, budget
     )
     done = {(r.dataset, r.seed, r.variant) for r in runs if is_current(r, budget, arguments)}
+    for run in defaults_from_accuracy(args.out / "accuracy.json", budget, arguments):
+        if (run.dataset, run.seed, DEFAULT) not in done:
+            runs.append(run)
+            done.add((run.dataset, run.seed, DEFAULT))
+            print(f"{run.dataset} seed {run.seed} default: validation from accuracy.json")
     # The default first, so that every variant has its reference early.
     tasks = [
         (d, s, v)

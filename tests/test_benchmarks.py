@@ -117,6 +117,44 @@ def test_accuracy_resumes_from_its_json_and_never_overwrites_an_older_one(
     assert json.loads((legacy / "accuracy.json").read_text()) == {"budget": {}, "runs": []}
 
 
+def test_tuning_takes_the_default_from_the_accuracy_row_it_equals(
+    accuracy: dict, tmp_path: Path, capsys
+) -> None:
+    """bench_accuracy's TimesCLIP row and tune_timesclip's default run are one fit: the same
+    validation loss and arguments. So tuning takes the default's validation from accuracy.json
+    instead of fitting it again, unless the row's arguments are not today's."""
+    from dataclasses import asdict
+
+    import torch
+
+    tune = importlib.import_module("tune_timesclip")
+    windows = dict(epochs=1, patience=1, train_windows=32, val_windows=16, preset="tiny")
+    scored = accuracy["Budget"](**windows, test_windows=8)
+    threads = torch.get_num_threads()
+    row = accuracy["run_row"]("ETTh1", 0, accuracy["TIMESCLIP"], scored, None, threads, False)
+    run = tune.tune_row("ETTh1", 0, tune.DEFAULT, scored, None, threads)
+    assert np.isfinite(run.val_mse) and row.best_val_loss == run.val_mse
+    assert row.arguments == run.model_arguments and row.best_epoch == run.best_epoch
+
+    args = ["--datasets", "ETTh1", "--epochs", "1", "--patience", "1", "--preset", "tiny"]
+    args += ["--train-windows", "32", "--val-windows", "16", "--jobs", "0", "--out", str(tmp_path)]
+    stored = {**asdict(row), "budget": asdict(accuracy["Budget"](**windows))}  # tuning's budget
+    rows = tmp_path / "accuracy.json"
+    rows.write_text(json.dumps({"format": accuracy["FORMAT"], "runs": [stored]}))
+    report = tune.main([*args, "--variants", tune.DEFAULT])
+    assert "0 runs to do" in capsys.readouterr().out
+    (taken,) = report["runs"]
+    assert taken["source"] == "bench_accuracy" and taken["val_mse"] == row.best_val_loss
+    assert report["table"][tune.DEFAULT]["val_mse"] == {"ETTh1": row.best_val_loss}
+    # A row whose arguments are not today's default is not taken: the default is fitted.
+    (tmp_path / "tuning.json").unlink()
+    stale = {**stored, "arguments": {**stored["arguments"], "dropout": 0.2}}
+    rows.write_text(json.dumps({"format": accuracy["FORMAT"], "runs": [stale]}))
+    report = tune.main([*args, "--variants", tune.DEFAULT])
+    assert "1 runs to do" in capsys.readouterr().out
+    assert [r["source"] for r in report["runs"]] == ["tune_timesclip"]
+
+
 def test_tuning_judges_variants_by_validation_loss_against_the_default(
     accuracy: dict, tmp_path: Path, capsys
 ) -> None:
