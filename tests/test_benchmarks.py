@@ -60,6 +60,49 @@ def test_accuracy_smoke_scores_every_row_on_the_same_windows(
     assert "TimesCLIP ranks" in capsys.readouterr().out
 
 
+def test_a_run_whose_row_moved_takes_the_name_that_builds_its_arguments(accuracy: dict) -> None:
+    """When a default changes, the runs measured under it are relabelled by what they measured:
+    to the one row that builds their arguments today, never onto a row that has its own run of
+    that dataset and seed, never when two rows fit, never across budgets."""
+    from dataclasses import asdict
+    from types import SimpleNamespace
+
+    budget = accuracy["Budget"]()
+
+    def run(dataset, model, lr, seed=0, budget=None):
+        recorded = budget or asdict(accuracy["Budget"]())
+        return SimpleNamespace(
+            dataset=dataset, seed=seed, model=model, arguments={"lr": lr}, budget=recorded
+        )
+
+    today = {
+        "TimesCLIP": {"lr": 3},
+        "TimesCLIP, paper's": {"lr": 1},
+        "A": {"lr": 5},
+        "B": {"lr": 5},
+    }
+    runs = [
+        run("ETTh1", "TimesCLIP", 1),  # measured before the default moved: the paper's now
+        run("ETTh1", "TimesCLIP", 3, seed=1),  # current: stays
+        run("ETTh2", "TimesCLIP", 2),  # nothing builds it today: stays (stale)
+        run("ETTm1", "TimesCLIP", 1),  # the paper's row of ETTm1 exists already: stays
+        run("ETTm1", "TimesCLIP, paper's", 1),
+        run("ETTm2", "TimesCLIP", 5),  # two rows build it: stays
+        run("ETTh1", "TimesCLIP", 1, seed=2, budget={"epochs": 1}),  # another budget: stays
+    ]
+    moved = accuracy["relabel_by_arguments"](runs, budget, today, "model", "arguments")
+    assert moved == ["ETTh1 seed 0: TimesCLIP -> TimesCLIP, paper's"]
+    assert [r.model for r in runs] == [
+        "TimesCLIP, paper's",
+        "TimesCLIP",
+        "TimesCLIP",
+        "TimesCLIP",
+        "TimesCLIP, paper's",
+        "TimesCLIP",
+        "TimesCLIP",
+    ]
+
+
 def test_accuracy_rows_run_side_by_side_in_worker_processes(accuracy: dict, tmp_path: Path) -> None:
     rows = [accuracy["TIMESCLIP"], "DLinear", accuracy["NAIVE"]]
     args = ["--smoke", "--seeds", "0", "1", "--jobs", "2", "--out", str(tmp_path)]
@@ -184,12 +227,20 @@ def test_tuning_judges_variants_by_validation_loss_against_the_default(
     # Had the default's dropout changed since, its run would be stale: kept, not tabled, redone.
     stored = json.loads((tmp_path / "tuning.json").read_text())
     default_run = next(r for r in stored["runs"] if r["variant"] == tune.DEFAULT)
-    assert default_run["model_arguments"]["dropout"] == 0.1
+    assert default_run["model_arguments"]["dropout"] == 0.3
     default_run["model_arguments"]["dropout"] = 0.2
     (tmp_path / "tuning.json").write_text(json.dumps(stored))
     redone = tune.main([*args, "--variants", tune.DEFAULT])
     assert "1 runs to do" in capsys.readouterr().out and len(redone["runs"]) == 4
     assert redone["table"][tune.DEFAULT]["val_mse"]["ETTh1"] == pytest.approx(default)
+    # A run stored under a name whose arguments moved takes the variant that builds them today.
+    stored = json.loads((tmp_path / "tuning.json").read_text())
+    for r in stored["runs"]:
+        r["variant"] = "lr 3e-4" if r["variant"] == regularised else r["variant"]
+    (tmp_path / "tuning.json").write_text(json.dumps(stored))
+    moved = tune.main([*args, "--variants", regularised])
+    assert f"ETTh1 seed 0: lr 3e-4 -> {regularised}" in capsys.readouterr().out
+    assert moved["table"][regularised]["val_mse"]["ETTh1"] == pytest.approx(other)
     # The table spans invocations: a run on another dataset adds its column, in the ETT order.
     assert tune.tabled_datasets({"a": {"val_mse": {"ETTm1": 1, "ETTh2": 1}}}) == ["ETTh2", "ETTm1"]
 

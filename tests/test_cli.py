@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from timesclip_darts import TimesCLIPModel
 from timesclip_darts.cli import main
 
 MODEL_ARGS = [
@@ -117,9 +118,22 @@ def test_train_on_a_dataset_name_with_covariates(tmp_path: Path) -> None:
         *MODEL_ARGS,
         "--max-train-windows",
         "32",
+        "--lr",
+        "0.001",
+        "--weight-decay",
+        "0.01",
     ]
     assert main(args) == 0
     assert (tmp_path / "m.pt.scaler.json").is_file()
+    optimiser = TimesCLIPModel.load(str(model)).pl_module_params["optimizer_kwargs"]
+    assert optimiser == {"lr": 0.001, "weight_decay": 0.01}
+
+
+def test_train_keeps_the_models_optimiser_defaults(trained: Path) -> None:
+    from timesclip_darts.darts_model import DEFAULT_LR, DEFAULT_WEIGHT_DECAY
+
+    optimiser = TimesCLIPModel.load(str(trained)).pl_module_params["optimizer_kwargs"]
+    assert optimiser == {"lr": DEFAULT_LR, "weight_decay": DEFAULT_WEIGHT_DECAY}
 
 
 @pytest.mark.parametrize(

@@ -109,12 +109,16 @@ def test_training_adds_the_alignment_loss_and_logs_both_parts(series: TimeSeries
     assert "train_alignment_loss" not in without.trainer.callback_metrics
 
 
-def test_default_optimiser_is_the_papers(fitted: TimesCLIPModel) -> None:
+def test_default_optimiser_is_the_papers_at_the_rates_chosen_on_validation(
+    fitted: TimesCLIPModel,
+) -> None:
     optimizers, scheduler = fitted.model.configure_optimizers()
     optimizer = optimizers[0]
     assert isinstance(optimizer, torch.optim.AdamW)
     lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
-    assert lrs == {"vision_projection": 1e-3, "text_encoder": 1e-4, "other": 1e-3}
+    assert lrs == pytest.approx({"vision_projection": 3e-4, "text_encoder": 3e-5, "other": 3e-4})
+    assert {g["weight_decay"] for g in optimizer.param_groups} == {0.1}
+    assert fitted.model_params["dropout"] == 0.3
     assert isinstance(scheduler["scheduler"], torch.optim.lr_scheduler.CosineAnnealingLR)
 
 

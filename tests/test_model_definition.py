@@ -202,7 +202,7 @@ def test_the_default_cosine_spans_the_epochs_of_each_fit(short_series: TimeSerie
     rates = _rates(short_series, epochs=4)  # n_epochs=2, but this fit runs 4
     assert len(rates) == 4
     assert all(a > b for a, b in zip(rates, rates[1:], strict=False)), rates  # never rises
-    assert _rates(short_series, lr_scheduler_cls=None) == [1e-3, 1e-3]
+    assert _rates(short_series, lr_scheduler_cls=None) == [3e-4, 3e-4]
 
 
 def test_importing_and_fitting_leave_process_wide_logging_and_warnings_alone() -> None:

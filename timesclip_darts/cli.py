@@ -159,11 +159,16 @@ def _trainer_kwargs(progress: bool) -> dict:
 
 
 # ----------------------------------------------------------------------------------- train
+def _or(given: float | None, default: float) -> float:
+    """A command-line value, or the model's default when the option was not given."""
+    return default if given is None else given
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from darts.dataprocessing.transformers import Scaler
     from sklearn.preprocessing import StandardScaler
 
-    from timesclip_darts.darts_model import TimesCLIPModel
+    from timesclip_darts.darts_model import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, TimesCLIPModel
     from timesclip_darts.data import ett_splits, save_scaler_json
 
     out = Path(args.model_out)
@@ -197,7 +202,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         n_epochs=args.epochs,
         random_state=args.seed,
         likelihood=_likelihood(args.likelihood),
-        optimizer_kwargs={"lr": args.lr},
+        optimizer_kwargs={
+            "lr": _or(args.lr, DEFAULT_LR),
+            "weight_decay": _or(args.weight_decay, DEFAULT_WEIGHT_DECAY),
+        },
         pl_trainer_kwargs=_trainer_kwargs(progress=True),
     )
     covariates = inputs.past_covariates
@@ -609,7 +617,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--n-heads", type=int, default=4)
     train.add_argument("--epochs", type=int, default=2)
     train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--lr", type=float, default=None, help="default: TimesCLIPModel's, 3e-4")
+    train.add_argument(
+        "--weight-decay", type=float, default=None, help="AdamW's; default: TimesCLIPModel's, 0.1"
+    )
     train.add_argument("--max-train-windows", type=int, default=None)
     train.add_argument(
         "--val-fraction",

@@ -49,7 +49,7 @@ def run_demo(
     import torch
     from darts.models import DLinearModel, GlobalNaiveSeasonal
 
-    from timesclip_darts.darts_model import TimesCLIPModel
+    from timesclip_darts.darts_model import DEFAULT_LR, TimesCLIPModel
     from timesclip_darts.data import ett_splits, load_darts_dataset, save_scaler_json
     from timesclip_darts.evaluation import (
         TrainingProtocol,
@@ -86,9 +86,9 @@ def run_demo(
         f" (standard split, StandardScaler fitted on train); input {INPUT}, horizon {HORIZON}"
     )
     print(
-        f"training, each model: {protocol.describe()}; CPU; lr: TimesCLIP 1e-3 (text encoder "
-        f"1e-4), DLinear {DLINEAR_LR} (shared weights). A smaller budget than the benchmark's "
-        "protocol (10 epochs over every training window, every validation window, "
+        f"training, each model: {protocol.describe()}; CPU; lr: TimesCLIP {DEFAULT_LR:g} (text "
+        f"encoder a tenth), DLinear {DLINEAR_LR} (shared weights). A smaller budget than the "
+        "benchmark's protocol (10 epochs over every training window, every validation window, "
         "benchmarks/bench_accuracy.py): compare rows within this table."
     )
     # Pin memory only with CUDA: Darts always pins, and torch warns about it on CPU.
