@@ -384,19 +384,19 @@ def print_table(table: dict) -> None:
         compared = compared_rows(rows)
         print(f"\n{dataset}: input {INPUT} -> {HORIZON}, MSE/MAE (scaled) over all test windows")
         print(
-            f"{'model':<34} {'MSE':>14} {'MAE':>14} {'seeds':>5} {'epochs':>6} {'best':>5} "
+            f"{'model':<42} {'MSE':>14} {'MAE':>14} {'seeds':>5} {'epochs':>6} {'best':>5} "
             f"{'s/epoch':>8} {'fc/s':>7} {'peak MiB':>8}"
         )
         for model, e in _by_mse(rows):
             mark = "" if model in compared else "  (ablation)"
             print(
-                f"{model:<34} {e['mse']:>7.4f}±{e['mse_spread']:.4f} "
+                f"{model:<42} {e['mse']:>7.4f}±{e['mse_spread']:.4f} "
                 f"{e['mae']:>7.4f}±{e['mae_spread']:.4f} {e['seeds']:>5} {e['epochs_run']:>6.1f} "
                 f"{e['best_epoch']:>5.1f} {e['seconds_per_epoch']:>8.1f} "
                 f"{e['forecasts_per_s']:>7.0f} {e['peak_rss_mib']:>8.0f}{mark}"
             )
         for name, value_mse, value_mae in [(n, a, b) for d, n, a, b in PUBLISHED if d == dataset]:
-            print(f"{name:<34} {value_mse:>7.3f} (pub.) {value_mae:>7.3f} (pub.)")
+            print(f"{name:<42} {value_mse:>7.3f} (pub.) {value_mae:>7.3f} (pub.)")
         if TIMESCLIP in compared:
             rank = rank_of(table, dataset, TIMESCLIP, compared)
             print(f"TimesCLIP ranks {rank} of {len(compared)} measured rows on {dataset} by MSE")
