@@ -9,9 +9,9 @@ under ``@io_processor``, and a model class that reads sizes from the first train
 - the default optimiser is the paper's kind: AdamW, the CLIP text encoder at a tenth of the
   learning rate of the new parts, cosine decay to 0 over the epochs of each ``fit`` call; its rate,
   weight decay and the dropout were chosen on validation loss on all four ETT datasets (lr 3e-4,
-  weight decay 0.1, dropout 0.3; the paper's lr 1e-3 and dropout 0.1 overfit within 1-5 epochs:
-  ``benchmarks/README.md``); user ``optimizer_cls``, ``optimizer_kwargs`` and ``lr_scheduler_cls``
-  win (``None`` turns the schedule off);
+  weight decay 0.1, dropout 0.3; with the paper's lr 1e-3 and dropout 0.1 the ETTh fits peaked
+  within 1-5 epochs and then overfit: ``benchmarks/README.md``); user ``optimizer_cls``,
+  ``optimizer_kwargs`` and ``lr_scheduler_cls`` win (``None`` turns the schedule off);
 - likelihood parameters are de-normalised per kind: locations (and quantiles) affinely with the
   window's mean and std, scales multiplied by the std;
 - ``use_reversible_instance_norm`` replaces TimesCLIP's own instance norm of the targets by
@@ -103,8 +103,8 @@ SUPPORTED_LIKELIHOODS = ("QuantileRegression",) + tuple(c.__name__ for c in _LOC
 # The pretrained text encoder trains at this fraction of the main learning rate (paper: 1e-4 vs
 # 1e-3) unless ``text_encoder_lr`` is given.
 TEXT_ENCODER_LR_RATIO = 0.1
-# Chosen on validation loss (benchmarks/tune_timesclip.py, every ETT dataset): the paper's 1e-3
-# with dropout 0.1 and AdamW's weight decay 0.01 peaked within 1-5 epochs and then overfit.
+# Chosen on validation loss (benchmarks/tune_timesclip.py, every ETT dataset): with the paper's
+# 1e-3, dropout 0.1 and AdamW's weight decay 0.01 the ETTh fits peaked within 1-5 epochs.
 DEFAULT_LR = 3e-4
 DEFAULT_WEIGHT_DECAY = 0.1
 DEFAULT_DROPOUT = 0.3
