@@ -65,7 +65,7 @@ VARIANTS: dict[str, dict] = {
         "optimizer_kwargs": {"lr": 1e-3, "weight_decay": 0.1},
     },
     # ... or learn more slowly (the text encoder keeps its tenth of the rate). Both together
-    # helped on all four datasets: the default since.
+    # lowered the validation loss on average on all four datasets: the default since.
     "lr 3e-4": {"dropout": 0.1, "optimizer_kwargs": {"lr": 3e-4}},
     "lambda_align 0.5": {**PAPER, "lambda_align": 0.5},
     "d_model 256": {**PAPER, "d_model": 256},
