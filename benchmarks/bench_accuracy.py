@@ -63,6 +63,7 @@ ABLATIONS = {  # row name -> TimesCLIPModel switches
     "TimesCLIP, paper's lr 1e-3, dropout 0.1": dict(dropout=0.1, optimizer_kwargs={"lr": 1e-3}),
 }
 BASELINES = ("DLinear", "NLinear", "TiDE", "TSMixer", "NHiTS", NAIVE)
+ROWS = (TIMESCLIP, *ABLATIONS, *BASELINES)  # every row this script builds
 DATASETS = ("ETTh1", "ETTh2", "ETTm1", "ETTm2")
 # Rows on the 15-minute datasets (4x the windows): TimesCLIP and the peers the issue names.
 MINUTE_ROWS = (TIMESCLIP, "DLinear", "NLinear", "TiDE", "TSMixer", NAIVE)
@@ -238,9 +239,8 @@ def _jsonable(value):
 def current_arguments(names, budget: Budget) -> dict[str, dict]:
     """Row name -> the arguments a row built today gets (construction only: nothing is fitted
     or loaded); names this script does not build are left out."""
-    known = {TIMESCLIP, *ABLATIONS, *BASELINES}
     with tempfile.TemporaryDirectory(prefix="bench_accuracy_args_") as work_dir:
-        built = {n: build_model(n, 0, budget, work_dir) for n in names if n in known}
+        built = {n: build_model(n, 0, budget, work_dir) for n in names if n in ROWS}
     return {n: model_arguments(model) for n, model in built.items()}
 
 
@@ -718,10 +718,8 @@ def main(argv: list[str] | None = None) -> dict:
     path = out / "accuracy.json"
     runs = load_runs(path)
     tasks = plan(args)
-    known = {TIMESCLIP, *ABLATIONS, *BASELINES}
-    arguments = current_arguments(
-        known | {n for _, _, n in tasks} | {r.model for r in runs}, budget
-    )
+    # Every row, not only those asked or stored: relabelling needs each name's arguments.
+    arguments = current_arguments(ROWS, budget)
     for moved in relabel_by_arguments(runs, budget, arguments, "model", "arguments"):
         print(f"relabelled (its arguments are now this row's): {moved}")
     if args.rerun:
