@@ -715,14 +715,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quiet_lightning_for_the_command() -> None:
-    """The command owns its process: Lightning's device and tip messages would drown the
-    tables it prints (the demo's Darts baselines fit outside TimesCLIPModel's own quieting).
-    A level set through the environment's logging config is kept."""
+    """The command owns its process: Lightning's device and tip messages, and its pytree
+    deprecation warning, would drown the tables it prints (the demo's Darts baselines fit
+    outside TimesCLIPModel's own quieting). A level set through the environment's logging
+    config is kept; every other warning still shows."""
     import logging
+    import warnings
+
+    from timesclip_darts.darts_model import LIGHTNING_PYTREE_WARNING
 
     logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=LIGHTNING_PYTREE_WARNING, category=FutureWarning)
 
 
 def _is_usage_error(err: Exception) -> bool:
