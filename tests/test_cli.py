@@ -64,7 +64,7 @@ def test_demo_prints_the_table_and_writes_model_and_pictures(tmp_path: Path, cap
         warnings.simplefilter("always")
         assert main(args) == 0
     # Lightning's pytree deprecation fires on every Darts fit (the DLinear row too): the command
-    # filters that one for its process, and nothing else.
+    # filters it for its process, so it never lands between the printed tables.
     assert not [w for w in seen if "LeafSpec" in str(w.message)]
     out = capsys.readouterr().out
     assert "4 stride-1 windows, input 96 -> horizon 96" in out
