@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from timesclip_darts.quiet import quiet_lightning
 from timesclip_darts.scaling import ScalerError, StandardScaling
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -702,32 +703,18 @@ def _add_export_commands(commands: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_lightning_for_the_command()
     started = time.perf_counter()
     try:
-        return args.func(args)
+        # The command's tables would drown in Lightning's messages (the demo's Darts baselines
+        # fit outside TimesCLIPModel's own quieting).
+        with quiet_lightning():
+            return args.func(args)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2 if _is_usage_error(err) else 1
     except KeyboardInterrupt:
         print(f"interrupted after {time.perf_counter() - started:.0f} s", file=sys.stderr)
         return 130
-
-
-def _quiet_lightning_for_the_command() -> None:
-    """The command owns its process: Lightning's device and tip messages, and its pytree
-    deprecation warning, would drown the tables it prints (the demo's Darts baselines fit
-    outside TimesCLIPModel's own quieting). A level set through the environment's logging
-    config is kept; every other warning still shows."""
-    import logging
-    import warnings
-
-    from timesclip_darts.darts_model import LIGHTNING_PYTREE_WARNING
-
-    logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
-    if logger.level == logging.NOTSET:
-        logger.setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=LIGHTNING_PYTREE_WARNING, category=FutureWarning)
 
 
 def _is_usage_error(err: Exception) -> bool:

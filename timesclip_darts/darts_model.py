@@ -23,13 +23,10 @@ under ``@io_processor``, and a model class that reads sizes from the first train
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
 import tempfile
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,40 +56,10 @@ from torch import nn
 from timesclip_darts.backbones import DEFAULT_CLIP_MODEL, load_clip_towers
 from timesclip_darts.config import TimesCLIPConfig
 from timesclip_darts.data import check_values
+from timesclip_darts.quiet import quiet_lightning
 from timesclip_darts.timesclip import TimesCLIP
 
 logger = logging.getLogger(__name__)
-
-# Lightning announces devices ("GPU available: ...") and product tips through this logger on every
-# fit and predict; the frozen ViT is in eval mode on purpose; an empty val loader list is Darts'
-# normal case. Silenced only inside this model's own fit and predict calls (`_quiet_lightning`),
-# never for the rest of the process.
-_LIGHTNING_INFO = "pytorch_lightning.utilities.rank_zero"
-# Lightning's own pytree helper trips torch's deprecation of LeafSpec on every fit; nothing a
-# user can act on (the CLI filters it for its whole process: it also fits Darts' own models).
-LIGHTNING_PYTREE_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
-_EXPECTED_WARNINGS = (
-    r"Found \d+ module\(s\) in eval mode",
-    r"Total length of `list` across ranks is zero",
-    LIGHTNING_PYTREE_WARNING,
-)
-
-
-@contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Drop Lightning's chatter and the warnings this model expects, for one call only; a
-    logger level the user set is kept."""
-    info = logging.getLogger(_LIGHTNING_INFO)
-    previous = info.level
-    if previous == logging.NOTSET:
-        info.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            for message in _EXPECTED_WARNINGS:
-                warnings.filterwarnings("ignore", message=message)
-            yield
-    finally:
-        info.setLevel(previous)
 
 
 class ModelFileError(ValueError):
@@ -564,7 +531,7 @@ class TimesCLIPModel(PastCovariatesTorchModel):
 
     # `fit` ends here too, so both entry points train quietly.
     def fit_from_dataset(self, *args, **kwargs):
-        with _quiet_lightning():
+        with quiet_lightning():
             return super().fit_from_dataset(*args, **kwargs)
 
     def predict(
@@ -612,7 +579,7 @@ class TimesCLIPModel(PastCovariatesTorchModel):
         random_state=None,
         values_only=False,
     ):
-        with _quiet_lightning():
+        with quiet_lightning():
             return super().predict_from_dataset(
                 n,
                 dataset,
