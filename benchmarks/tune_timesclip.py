@@ -8,10 +8,11 @@ information; the test figures of the chosen defaults come from ``bench_accuracy.
 
 Results go to ``results/tuning.json`` (rewritten after each run, resumable: runs already there
 with the same budget and model arguments are skipped; one measured before a default changed is
-kept but not tabled) and ``results/tuning.md``. The ``default`` of a dataset and seed is not
-fitted again when the ``accuracy.json`` beside it holds that TimesCLIP row with its validation
-loss: that row is the same fit (same builder, protocol, seed and windows; a test keeps them
-equal), and on ETTm1/ETTm2 it is an hour or two of CPU.
+kept but not tabled) and ``results/tuning.md``. A variant of a dataset and seed is not fitted
+again when the ``accuracy.json`` beside it holds a TimesCLIP row (the model or an ablation) with
+exactly that variant's arguments and its validation loss: that row is the same fit (same
+builder, protocol, seed and windows; a test keeps them equal), and on ETTm1/ETTm2 it is an hour
+or two of CPU. So the ablations' rows give their validation-only verdict here too.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_accuracy import (  # noqa: E402
+    ABLATIONS,
     DATASETS,
     RESULTS,
     TIMESCLIP,
@@ -74,8 +76,13 @@ VARIANTS: dict[str, dict] = {
     # With random-weight presets neither tower is pretrained: does the towers' tenth of the
     # rate still help? (It does: the full rate was worse on both datasets, seed 0.)
     "trainable ViT, towers at 1e-3": {**PAPER, "freeze_vision": False, "text_encoder_lr": 1e-3},
-    # Next (not run yet): the trainable ViT under today's defaults.
+    # The trainable ViT under today's defaults: bench_accuracy's "TimesCLIP, trainable ViT".
     "trainable ViT, default rates": {"freeze_vision": False},
+    # bench_accuracy's other ablations under today's defaults, judged on validation (their
+    # rows there are these fits): what a validation-only choice would say of each part.
+    "no vision": {"use_vision": False},
+    "no alignment loss": {"lambda_align": 0.0},
+    "no variate selection": {"use_variate_selection": False},
 }
 TUNING_DATASETS = ("ETTh1", "ETTh2")
 # Darts rows of bench_accuracy.py, fitted alike and scored on validation too: how far a variant
@@ -98,7 +105,7 @@ class TuningRun:
     # bench_accuracy.model_arguments of the fitted model (defaults included): a run whose
     # arguments differ from a variant built today (a default changed since) is not tabled.
     model_arguments: dict | None = None
-    source: str = "tune_timesclip"  # or "bench_accuracy": a default taken from accuracy.json
+    source: str = "tune_timesclip"  # or "bench_accuracy": taken from accuracy.json
 
 
 def build_variant(variant: str, seed: int, budget: Budget, work_dir: str):
@@ -158,32 +165,38 @@ def tune_row(
     )
 
 
-def defaults_from_accuracy(
-    path: Path, budget: Budget, arguments: dict[str, dict]
-) -> list[TuningRun]:
-    """``bench_accuracy.py``'s TimesCLIP rows in ``path`` that recorded their best validation
-    loss, as ``default`` runs: only those measured under ``budget`` with the arguments the
-    default gets today."""
-    return [
-        TuningRun(
-            dataset=r.dataset,
-            seed=r.seed,
-            variant=DEFAULT,
-            arguments={},
-            val_mse=r.best_val_loss,
-            best_epoch=r.best_epoch,
-            epochs_run=r.epochs_run,
-            train_s=r.train_s,
-            peak_rss_mib=r.peak_rss_mib,
-            budget=r.budget,
-            model_arguments=r.arguments,
-            source="bench_accuracy",
+def runs_from_accuracy(path: Path, budget: Budget, arguments: dict[str, dict]) -> list[TuningRun]:
+    """``bench_accuracy.py``'s TimesCLIP rows in ``path`` (the model and its ablations) that
+    recorded their best validation loss, each as a run of the one variant that builds exactly
+    its arguments today under ``budget``; rows that no variant builds are left out."""
+    runs = []
+    for r in load_accuracy_runs(path):
+        if r.best_val_loss is None or (r.model != TIMESCLIP and r.model not in ABLATIONS):
+            continue
+        matches = [
+            v
+            for v in VARIANTS
+            if measured_as_today(r.budget, r.arguments, arguments.get(v), budget)
+        ]
+        if len(matches) != 1:
+            continue
+        runs.append(
+            TuningRun(
+                dataset=r.dataset,
+                seed=r.seed,
+                variant=matches[0],
+                arguments=VARIANTS[matches[0]],
+                val_mse=r.best_val_loss,
+                best_epoch=r.best_epoch,
+                epochs_run=r.epochs_run,
+                train_s=r.train_s,
+                peak_rss_mib=r.peak_rss_mib,
+                budget=r.budget,
+                model_arguments=r.arguments,
+                source="bench_accuracy",
+            )
         )
-        for r in load_accuracy_runs(path)
-        if r.model == TIMESCLIP
-        and r.best_val_loss is not None
-        and measured_as_today(r.budget, r.arguments, arguments.get(DEFAULT), budget)
-    ]
+    return runs
 
 
 def summarise(runs: list[TuningRun]) -> dict[str, dict]:
@@ -324,11 +337,11 @@ def main(argv: list[str] | None = None) -> dict:
         if run.variant in VARIANTS and is_current(run, budget, arguments):
             run.arguments = VARIANTS[run.variant]  # what its variant changes, as named today
     done = {(r.dataset, r.seed, r.variant) for r in runs if is_current(r, budget, arguments)}
-    for run in defaults_from_accuracy(args.out / "accuracy.json", budget, arguments):
-        if (run.dataset, run.seed, DEFAULT) not in done:
+    for run in runs_from_accuracy(args.out / "accuracy.json", budget, arguments):
+        if (run.dataset, run.seed, run.variant) not in done:
             runs.append(run)
-            done.add((run.dataset, run.seed, DEFAULT))
-            print(f"{run.dataset} seed {run.seed} default: validation from accuracy.json")
+            done.add((run.dataset, run.seed, run.variant))
+            print(f"{run.dataset} seed {run.seed} {run.variant}: validation from accuracy.json")
     # The default first, so that every variant has its reference early.
     tasks = [
         (d, s, v)

@@ -165,7 +165,8 @@ def test_tuning_takes_the_default_from_the_accuracy_row_it_equals(
 ) -> None:
     """bench_accuracy's TimesCLIP row and tune_timesclip's default run are one fit: the same
     validation loss and arguments. So tuning takes the default's validation from accuracy.json
-    instead of fitting it again, unless the row's arguments are not today's."""
+    instead of fitting it again, unless the row's arguments are not today's; an ablation row
+    likewise gives the variant that builds exactly its arguments."""
     from dataclasses import asdict
 
     import torch
@@ -189,6 +190,22 @@ def test_tuning_takes_the_default_from_the_accuracy_row_it_equals(
     (taken,) = report["runs"]
     assert taken["source"] == "bench_accuracy" and taken["val_mse"] == row.best_val_loss
     assert report["table"][tune.DEFAULT]["val_mse"] == {"ETTh1": row.best_val_loss}
+    # An ablation row is the variant that builds its arguments (seed 1: a run tuning lacks).
+    (tmp_path / "tuning.json").unlink()
+    ablation, variant = "TimesCLIP, trainable ViT", "trainable ViT, default rates"
+    built = accuracy["current_arguments"]([ablation], accuracy["Budget"](**windows))[ablation]
+    assert built["freeze_vision"] is False and built != row.arguments
+    trainable = {**stored, "model": ablation, "seed": 1, "arguments": built, "best_val_loss": 0.5}
+    rows.write_text(json.dumps({"format": accuracy["FORMAT"], "runs": [stored, trainable]}))
+    report = tune.main([*args, "--seeds", "0", "1", "--variants", tune.DEFAULT, variant])
+    out = capsys.readouterr().out
+    assert f"ETTh1 seed 1 {variant}: validation from accuracy.json" in out
+    # Seed 1's default is fitted (no row holds it); seed 0's variant too.
+    assert "2 runs to do" in out
+    taken = {(r["seed"], r["variant"]): r for r in report["runs"]}
+    assert taken[(1, variant)]["source"] == "bench_accuracy"
+    assert taken[(1, variant)]["val_mse"] == 0.5 and taken[(1, variant)]["model_arguments"] == built
+    assert taken[(0, variant)]["source"] == "tune_timesclip"
     # A row whose arguments are not today's default is not taken: the default is fitted.
     (tmp_path / "tuning.json").unlink()
     stale = {**stored, "arguments": {**stored["arguments"], "dropout": 0.2}}
