@@ -606,6 +606,18 @@ def measured_as_today(
     return recorded_budget == asdict(budget) and recorded is not None and recorded == today
 
 
+def labels_building(
+    recorded_budget: dict, recorded: dict | None, arguments: dict[str, dict], budget: Budget
+) -> list[str]:
+    """The names in ``arguments`` (name -> arguments built today) whose model a result recorded
+    under ``recorded_budget`` with ``recorded`` measured. Shared with tune_timesclip."""
+    return [
+        label
+        for label, today in arguments.items()
+        if measured_as_today(recorded_budget, recorded, today, budget)
+    ]
+
+
 def relabel_by_arguments(
     runs: list, budget: Budget, arguments: dict[str, dict], name: str, recorded: str
 ) -> list[str]:
@@ -623,7 +635,7 @@ def relabel_by_arguments(
     for run in runs:
         if fits(run, getattr(run, name)):
             continue
-        matches = [label for label in arguments if fits(run, label)]
+        matches = labels_building(run.budget, getattr(run, recorded), arguments, budget)
         if len(matches) == 1 and (run.dataset, run.seed, matches[0]) not in taken:
             moved.append(f"{run.dataset} seed {run.seed}: {getattr(run, name)} -> {matches[0]}")
             setattr(run, name, matches[0])

@@ -30,7 +30,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_accuracy import (  # noqa: E402
-    ABLATIONS,
     DATASETS,
     RESULTS,
     TIMESCLIP,
@@ -38,6 +37,7 @@ from bench_accuracy import (  # noqa: E402
     _splits,
     budget_from_args,
     build_model,
+    labels_building,
     measured_as_today,
     model_arguments,
     relabel_by_arguments,
@@ -169,16 +169,11 @@ def runs_from_accuracy(path: Path, budget: Budget, arguments: dict[str, dict]) -
     """``bench_accuracy.py``'s TimesCLIP rows in ``path`` (the model and its ablations) that
     recorded their best validation loss, each as a run of the one variant that builds exactly
     its arguments today under ``budget``; rows that no variant builds are left out."""
+    variants = {v: a for v, a in arguments.items() if v in VARIANTS}  # not the references
     runs = []
     for r in load_accuracy_runs(path):
-        if r.best_val_loss is None or (r.model != TIMESCLIP and r.model not in ABLATIONS):
-            continue
-        matches = [
-            v
-            for v in VARIANTS
-            if measured_as_today(r.budget, r.arguments, arguments.get(v), budget)
-        ]
-        if len(matches) != 1:
+        matches = labels_building(r.budget, r.arguments, variants, budget)
+        if r.best_val_loss is None or len(matches) != 1:
             continue
         runs.append(
             TuningRun(
