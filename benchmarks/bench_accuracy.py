@@ -597,13 +597,21 @@ def _run_id(run: dict) -> str:
     return json.dumps(key, sort_keys=True)
 
 
+# TimesCLIPModel arguments added after results were recorded, with the value that builds the
+# model those results measured: a recorded row without the key ran with that value.
+ADDED_ARGUMENTS = {"per_variate_head": False}
+
+
 def measured_as_today(
     recorded_budget: dict, recorded: dict | None, today: dict | None, budget: Budget
 ) -> bool:
     """Whether a result recorded under ``recorded_budget`` with model arguments ``recorded``
     is current: the same budget, and the arguments its model gets today (``today``). Without
     recorded arguments (or a model no longer built) it is not. Shared with tune_timesclip."""
-    return recorded_budget == asdict(budget) and recorded is not None and recorded == today
+    if recorded is None or today is None:
+        return False
+    added = {k: v for k, v in ADDED_ARGUMENTS.items() if k in today and k not in recorded}
+    return recorded_budget == asdict(budget) and {**recorded, **added} == today
 
 
 def labels_building(

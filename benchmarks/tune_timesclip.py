@@ -83,6 +83,9 @@ VARIANTS: dict[str, dict] = {
     "no vision": {"use_vision": False},
     "no alignment loss": {"lambda_align": 0.0},
     "no variate selection": {"use_variate_selection": False},
+    # One generator head per target instead of one shared across them (DLinear's "individual"):
+    # each variate's own mapping, at seven times the head's weights.
+    "per-variate head": {"per_variate_head": True},
 }
 TUNING_DATASETS = ("ETTh1", "ETTh2")
 # Darts rows of bench_accuracy.py, fitted alike and scored on validation too: how far a variant

@@ -8,6 +8,7 @@ import json
 import runpy
 import sys
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -167,8 +168,6 @@ def test_tuning_takes_the_default_from_the_accuracy_row_it_equals(
     validation loss and arguments. So tuning takes the default's validation from accuracy.json
     instead of fitting it again, unless the row's arguments are not today's; an ablation row
     likewise gives the variant that builds exactly its arguments."""
-    from dataclasses import asdict
-
     import torch
 
     tune = importlib.import_module("tune_timesclip")
@@ -213,6 +212,29 @@ def test_tuning_takes_the_default_from_the_accuracy_row_it_equals(
     report = tune.main([*args, "--variants", tune.DEFAULT])
     assert "1 runs to do" in capsys.readouterr().out
     assert [r["source"] for r in report["runs"]] == ["tune_timesclip"]
+
+
+def test_a_row_recorded_before_an_argument_existed_is_current_at_its_old_value(
+    accuracy: dict,
+) -> None:
+    """Adding a TimesCLIPModel argument must not retire every recorded row: one recorded
+    without the key measured the model built with the key's old-behaviour value, and only
+    that; a row built with any other value is not current."""
+    budget = accuracy["Budget"](preset="tiny")
+    name = accuracy["TIMESCLIP"]
+    today = accuracy["current_arguments"]([name], budget)[name]
+    assert today["per_variate_head"] is False
+    before = {k: v for k, v in today.items() if k != "per_variate_head"}
+    measured = accuracy["measured_as_today"]
+    assert measured(asdict(budget), before, today, budget)
+    per_variate = {**today, "per_variate_head": True}
+    assert not measured(asdict(budget), before, per_variate, budget)
+    assert measured(asdict(budget), per_variate, per_variate, budget)
+    # Anything else missing or different still retires the row.
+    assert not measured(asdict(budget), {**before, "dropout": 0.2}, today, budget)
+    assert not measured(
+        asdict(budget), {k: v for k, v in before.items() if k != "dropout"}, today, budget
+    )
 
 
 def test_tuning_judges_variants_by_validation_loss_against_the_default(

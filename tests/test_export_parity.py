@@ -1,5 +1,6 @@
-"""Runtime parity beyond the default case: a location/scale likelihood, a shifted output chunk
-and images drawn at a size other than the ViT's native one, all in one small model. The
+"""Runtime parity beyond the default case: a location/scale likelihood, a shifted output chunk,
+images drawn at a size other than the ViT's native one and one generator head per target, all
+in one small model. The
 runtime's likelihood parameters must equal Darts' ``predict_likelihood_parameters=True``
 backtest window for window, and its point forecast is the location."""
 
@@ -28,6 +29,7 @@ def trained(tmp_path_factory) -> Path:
         output_chunk_shift=SHIFT,
         image_size=IMAGE_SIZE,
         likelihood=GaussianLikelihood(),
+        per_variate_head=True,
         random_state=2,
     )
     model.fit(etth1_series(0, 600)[["OT", "HUFL"]], max_samples_per_ts=32)
@@ -44,7 +46,9 @@ def test_gaussian_shifted_resized_runtime_equals_darts(trained: Path, tmp_path: 
     assert runtime.parameter_names == ["mu", "sigma"]
 
     held_out = etth1_series(600, 600 + ICL + SHIFT + OCL + WINDOWS - 1)[["OT", "HUFL"]]
-    darts = TimesCLIPModel.load(str(trained)).historical_forecasts(
+    loaded = TimesCLIPModel.load(str(trained))
+    assert loaded.model.core.generator.head.weight.shape[0] == 2  # a head per target
+    darts = loaded.historical_forecasts(
         held_out,
         forecast_horizon=OCL,
         retrain=False,

@@ -206,3 +206,33 @@ def test_trainable_vision_gets_gradients_its_own_group_and_no_cache() -> None:
     assert groups["vision_encoder"]["lr"] == 1e-4
     grouped = {id(p) for g in groups.values() for p in g["params"]}
     assert grouped == {id(p) for p in model.parameters() if p.requires_grad}
+
+
+def test_per_variate_head_gives_each_target_its_own_weights(tmp_path) -> None:
+    model = tiny(n_variates=9, n_targets=7, per_variate_head=True).eval()
+    head = model.generator.head
+    n_tokens = model.n_patches + 3  # vision, CLS, patches, selection
+    assert head.weight.shape == (7, model.generator.norm.normalized_shape[0] * n_tokens, 24)
+    x = torch.randn(2, 96, 9)
+    with torch.no_grad():
+        before = model(x)
+        head.weight[3].mul_(2.0)  # only variate 3's head
+        after = model(x)
+    assert before.shape == after.shape == (2, 7, 24)
+    changed = (after - before).abs().amax(dim=(0, 2)) > 1e-6
+    assert changed.tolist() == [i == 3 for i in range(7)]
+    model.save_pretrained(tmp_path / "m")
+    loaded = TimesCLIP.from_pretrained(tmp_path / "m").eval()
+    assert loaded.config.per_variate_head
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), after)
+
+
+def test_shared_head_stays_the_default_and_reads_older_configs() -> None:
+    from timesclip_darts.config import TimesCLIPConfig
+
+    model = tiny()
+    assert isinstance(model.generator.head, torch.nn.Linear)
+    values = model.config.to_dict()
+    del values["per_variate_head"]  # a config.json written before the option existed
+    assert TimesCLIPConfig.from_dict(values).per_variate_head is False

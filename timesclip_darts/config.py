@@ -74,6 +74,7 @@ class TimesCLIPConfig:
     use_vision: bool = True
     use_variate_selection: bool = True
     freeze_vision: bool = True
+    per_variate_head: bool = False
     normalize_targets: bool = True
     vision_config: CLIPVisionConfig = field(default_factory=CLIPVisionConfig)
     text_config: CLIPTextConfig = field(default_factory=CLIPTextConfig)

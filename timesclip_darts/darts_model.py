@@ -282,6 +282,7 @@ class TimesCLIPModel(PastCovariatesTorchModel):
         use_vision: bool = True,
         use_variate_selection: bool = True,
         freeze_vision: bool = True,
+        per_variate_head: bool = False,
         allow_random_towers: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -329,6 +330,9 @@ class TimesCLIPModel(PastCovariatesTorchModel):
             alignment loss), drop variate selection, or train the ViT (for random-weight presets;
             at the text encoder's learning rate, without feature cache). Exported bundles need
             the full model.
+        per_variate_head
+            One generator head per target component instead of one shared across them (as
+            DLinear's ``shared_weights=False``); shared by default (see ``benchmarks/``).
         allow_random_towers
             Accept a CLIP source that holds one tower only (a ``CLIPVisionModel`` folder, say);
             the other tower is random and reported as not pretrained.
@@ -380,6 +384,7 @@ class TimesCLIPModel(PastCovariatesTorchModel):
         self.use_vision = use_vision
         self.use_variate_selection = use_variate_selection
         self.freeze_vision = freeze_vision
+        self.per_variate_head = per_variate_head
         self.allow_random_towers = allow_random_towers
         # Fail at construction, not after the data is prepared, on a patching that cannot fit.
         TimesCLIPConfig(input_chunk_length, 1, output_chunk_length, patch_length, stride)
@@ -404,6 +409,7 @@ class TimesCLIPModel(PastCovariatesTorchModel):
             use_vision=self.use_vision,
             use_variate_selection=self.use_variate_selection,
             freeze_vision=self.freeze_vision,
+            per_variate_head=self.per_variate_head,
             # Darts' RINorm normalises the targets instead (see the module's forward).
             normalize_targets=not self.pl_module_params.get("use_reversible_instance_norm"),
             vision_config=towers.vision.config,

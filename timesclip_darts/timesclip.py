@@ -95,6 +95,8 @@ class TimesCLIP(nn.Module):
         use_variate_selection: ablation switch; ``False`` drops the selection token.
         freeze_vision: ``False`` trains the ViT too (an ablation for random-weight presets; no
             feature cache then, since the features change every step).
+        per_variate_head: one generator head per forecast variate instead of one shared across
+            them (a tuning variant; as Darts DLinear's ``shared_weights=False``).
         backbone: already-loaded towers, instead of loading ``clip_model_name`` (with a config:
             instead of random towers).
         allow_random_towers: accept a CLIP source holding one tower only; the other is random
@@ -124,6 +126,7 @@ class TimesCLIP(nn.Module):
         use_vision: bool = True,
         use_variate_selection: bool = True,
         freeze_vision: bool = True,
+        per_variate_head: bool = False,
         backbone: ClipTowers | None = None,
         allow_random_towers: bool = False,
     ) -> None:
@@ -155,6 +158,7 @@ class TimesCLIP(nn.Module):
                 use_vision=use_vision,
                 use_variate_selection=use_variate_selection,
                 freeze_vision=freeze_vision,
+                per_variate_head=per_variate_head,
                 vision_config=towers.vision.config,
                 text_config=towers.text.config,
                 backbone=towers.info,
@@ -195,7 +199,12 @@ class TimesCLIP(nn.Module):
         # Tokens per variate: [vision], CLS, P patches, [selection].
         n_tokens = 1 + self.n_patches + int(config.use_vision) + int(config.use_variate_selection)
         self.generator = Generator(
-            d_model, n_tokens, config.prediction_steps, config.n_params, dropout
+            d_model,
+            n_tokens,
+            config.prediction_steps,
+            config.n_params,
+            dropout,
+            per_variate=config.n_targets if config.per_variate_head else None,
         )
 
     @property
