@@ -1,8 +1,8 @@
 """Runtime parity beyond the default case: a location/scale likelihood, a shifted output chunk,
 images drawn at a size other than the ViT's native one and one generator head per target, all
-in one small model. The
-runtime's likelihood parameters must equal Darts' ``predict_likelihood_parameters=True``
-backtest window for window, and its point forecast is the location."""
+in one small model. The runtime's likelihood parameters must equal Darts'
+``predict_likelihood_parameters=True`` backtest window for window, and its point forecast is the
+location."""
 
 from __future__ import annotations
 

@@ -331,8 +331,9 @@ class TimesCLIPModel(PastCovariatesTorchModel):
             at the text encoder's learning rate, without feature cache). Exported bundles need
             the full model.
         per_variate_head
-            One generator head per target component instead of one shared across them (as
-            DLinear's ``shared_weights=False``); shared by default (see ``benchmarks/``).
+            One generator head per target component instead of one shared across them (the
+            DLinear paper's ``individual=True``; Darts' ``shared_weights=False`` mixes channels
+            instead); shared by default, chosen on validation (see ``benchmarks/``).
         allow_random_towers
             Accept a CLIP source that holds one tower only (a ``CLIPVisionModel`` folder, say);
             the other tower is random and reported as not pretrained.

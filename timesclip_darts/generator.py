@@ -10,7 +10,7 @@ from torch import nn
 
 class PerVariateLinear(nn.Module):
     """``n_variates`` independent linear layers, one per variate, applied in one ``einsum``:
-    ``[B, N, in_features] -> [B, N, out_features]`` (Darts DLinear's ``shared_weights=False``)."""
+    ``[B, N, in_features] -> [B, N, out_features]`` (the DLinear paper's ``individual=True``)."""
 
     def __init__(self, n_variates: int, in_features: int, out_features: int) -> None:
         super().__init__()

@@ -96,7 +96,7 @@ class TimesCLIP(nn.Module):
         freeze_vision: ``False`` trains the ViT too (an ablation for random-weight presets; no
             feature cache then, since the features change every step).
         per_variate_head: one generator head per forecast variate instead of one shared across
-            them (a tuning variant; as Darts DLinear's ``shared_weights=False``).
+            them (a tuning variant; the DLinear paper's ``individual=True``).
         backbone: already-loaded towers, instead of loading ``clip_model_name`` (with a config:
             instead of random towers).
         allow_random_towers: accept a CLIP source holding one tower only; the other is random
