@@ -22,10 +22,7 @@ class PerVariateLinear(nn.Module):
         nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] != self.weight.shape[0]:
-            raise ValueError(
-                f"a per-variate head of {self.weight.shape[0]} variates got {x.shape[1]}"
-            )
+        # N always equals n_variates: TimesCLIP validates its input and fuses n_targets rows.
         return torch.einsum("bnf,nfo->bno", x, self.weight) + self.bias
 
 
