@@ -272,7 +272,7 @@ def placements(device: str) -> dict[str, Any]:
     """The runtime's own choice (``auto``: full CUDA, or mixed where onnxruntime lacks CUDA)
     first, then the mixed placement forced, so both data flows are checked wherever the machine
     can run them (forced mixed on a CPU: one device, two sets of buffers)."""
-    from timesclip_export.placement import Placement
+    from timesclip_export.runtime.placement import Placement
 
     own = "auto" if device == "cuda" else "cpu"
     vision = "cuda:0" if device == "cuda" else "cpu"
@@ -283,7 +283,7 @@ def runtime_parity(
     bundle: Path, values: np.ndarray, reference: np.ndarray, device: str, batch_size: int
 ) -> list[dict]:
     """Each placement and vision dtype against Darts (fp32) and against fp32."""
-    from timesclip_export.runtime import RollingForecaster
+    from timesclip_export.runtime.forecaster import RollingForecaster
 
     rows, fp32 = [], None
     for i, (label, where) in enumerate(placements(device).items()):
@@ -316,7 +316,7 @@ def bench_speed(
 ) -> list[dict]:
     """Windows/s of Darts (fp32) and the runtime (fp32, bf16 vision) per batch size, interleaved
     ``--repeats`` times (best counts)."""
-    from timesclip_export.runtime import RollingForecaster
+    from timesclip_export.runtime.forecaster import RollingForecaster
 
     rows = []
     runtime_device = "auto" if device == "cuda" else "cpu"
@@ -362,7 +362,7 @@ def bench_speed(
 def vit_images_per_s(bundle: Path, device: str, images: int, repeats: int) -> dict:
     """Images/s of the bundle's ViT program alone (random CLIP-sized pixels), fp32 and bf16."""
     import torch
-    from timesclip_export.bundle import VISION_FILE, load_vision_program, read_manifest
+    from timesclip_export.bundle.format import VISION_FILE, load_vision_program, read_manifest
 
     size = read_manifest(bundle)["model"]["image_size"]
     program = load_vision_program(bundle / VISION_FILE, "cuda:0" if device == "cuda" else device)
@@ -406,8 +406,8 @@ def _profiled_sessions(forecaster: Any, folder: Path, strict: bool) -> dict[str,
     ``strict``, ORT's refusal to fall back to the CPU provider for any node)."""
     import onnxruntime as ort
     import torch
-    from timesclip_export.bundle import GRAPH_FILES, OPTIMIZED_FILES
-    from timesclip_export.placement import open_session
+    from timesclip_export.bundle.format import GRAPH_FILES, OPTIMIZED_FILES
+    from timesclip_export.runtime.placement import open_session
 
     files = OPTIMIZED_FILES if forecaster.optimized else GRAPH_FILES
     stream = None
@@ -578,7 +578,7 @@ class BackgroundExport:
         self.bundle = bundle
         self.log = bundle.parent / "export.log"
         env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // 2)))
-        command = [sys.executable, "-m", "timesclip_darts.cli", "export", str(model_path)]
+        command = [sys.executable, "-m", "timesclip_cli.main", "export", str(model_path)]
         self.started = time.perf_counter()
         with open(self.log, "w") as log:
             self.process = subprocess.Popen(
@@ -614,7 +614,7 @@ def runtime_sections(
 ) -> None:
     """Parity, placement, I/O binding, speed, ViT and streaming of one preset's bundle
     (``scratch``: a folder for ORT's profiles)."""
-    from timesclip_export.runtime import RollingForecaster
+    from timesclip_export.runtime.forecaster import RollingForecaster
 
     model = darts_model(model_path, device)
     horizon = model.output_chunk_length
@@ -670,7 +670,7 @@ def main(argv: list[str] | None = None) -> dict:
     budget = Budget(args.budget_s)
     import onnxruntime as ort
     import torch
-    from timesclip_export.bundle import library_versions
+    from timesclip_export.bundle.format import library_versions
 
     from timesclip_darts.data import ett_splits, load_darts_dataset
 

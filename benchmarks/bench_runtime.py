@@ -124,7 +124,7 @@ def compare_throughput(args, model, bundle: Path, test, values: np.ndarray, devi
     (a training aid) is turned off: repeating the same windows would hit it, which a stream of
     new windows never does.
     """
-    from timesclip_export.runtime import RollingForecaster
+    from timesclip_export.runtime.forecaster import RollingForecaster
 
     variants = [("runtime, optimised graphs", {}), ("runtime, plain graphs", {"optimized": False})]
     if args.compile:
@@ -188,7 +188,7 @@ def compare_throughput(args, model, bundle: Path, test, values: np.ndarray, devi
 
 def streaming(bundle: Path, values, times, updates: int, device: str, threads: int | None):
     """Latency of ``update`` with one new row, after the first window has filled."""
-    from timesclip_export.runtime import RollingForecaster
+    from timesclip_export.runtime.forecaster import RollingForecaster
 
     forecaster = RollingForecaster(bundle, device=device, apply_scaler=False, onnx_threads=threads)
     rolled = forecaster.rolling(values[: INPUT + updates - 1])
@@ -256,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.filterwarnings("ignore")
     import torch
-    from timesclip_export.bundle import library_versions
-    from timesclip_export.writer import export_bundle
+    from timesclip_export.bundle.format import library_versions
+    from timesclip_export.exporter.writer import export_bundle
 
     if args.threads:
         # Lightning resets torch's threads to the core count at fit unless OMP_NUM_THREADS is set.

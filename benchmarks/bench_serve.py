@@ -8,7 +8,7 @@ against the one-stream-at-a-time path, and a fault run that kills a shard mid-lo
 
 For each preset it trains a model on ETTm1 (``bench_runtime.train_model``) and exports it with
 its scaler, so the streams send raw rows in the original units; then starts the server in this
-process (``timesclip_export.serve.start``: a local Ray, Serve's HTTP proxy on 127.0.0.1) and:
+process (``timesclip_export.service.server.start``: a local Ray, Serve's HTTP proxy on 127.0.0.1) and:
 
 - primes every stream with its first ``input_chunk_length - 1`` rows (not timed), then sends
   ``--ticks`` new rows per stream and times them, two ways: ``per_stream`` (one
@@ -115,7 +115,7 @@ def make_bundle(args: argparse.Namespace, preset: str, folder: Path) -> Path:
     """Train a model of ``preset`` on ETTm1 (bench_runtime's recipe) and export it with its
     scaler, so the server takes raw rows."""
     from bench_runtime import train_model
-    from timesclip_export.writer import export_bundle
+    from timesclip_export.exporter.writer import export_bundle
 
     from timesclip_darts.data import ett_splits, load_darts_dataset, save_scaler_json
 
@@ -389,7 +389,7 @@ def rss_of(stats: dict) -> dict:
 def pool_ceiling(forecaster, data, n: int, ticks: int, seed: int = 2) -> dict:
     """The same load as one ``StreamPool.update`` per tick in this process: no HTTP, no Ray;
     the most the server could reach on this machine."""
-    from timesclip_export.streams import StreamPool
+    from timesclip_export.service.stream_pool import StreamPool
 
     stamps, values, columns = data
     icl = forecaster.input_chunk_length
@@ -445,8 +445,8 @@ def run_preset(
     """Start a server for ``bundle``, run the stream levels, the one-at-a-time path and the
     in-process ceiling; with ``steady``, an RSS trace under a long bulk load; with ``fault``,
     the fault run on the same server (two shards)."""
-    from timesclip_export import serve as server
-    from timesclip_export.runtime import RollingForecaster
+    from timesclip_export.runtime.forecaster import RollingForecaster
+    from timesclip_export.service import server
 
     port = args.port or free_port()
     config = server.ServeConfig(
@@ -515,7 +515,7 @@ def run_preset(
 
 def fault_run(args: argparse.Namespace, bundle: Path, data, folder: Path) -> dict:
     """A two-shard server with snapshots, for the fault phase alone."""
-    from timesclip_export import serve as server
+    from timesclip_export.service import server
 
     port = args.port or free_port()
     config = server.ServeConfig(
@@ -540,7 +540,7 @@ def fault_phase(args: argparse.Namespace, port: int, data, icl: int) -> dict:
     """Paced load on a two-shard server; shard 0's replica is killed (``ray.kill``) a third of
     the way in. Clients retry 503s and re-send from the ``last_time`` of a 409."""
     import ray
-    from timesclip_export.serve_api import shard_for
+    from timesclip_export.service.api import shard_for
 
     stamps, values, columns = data
     n, ticks = args.fault_streams, args.fault_ticks
@@ -713,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.filterwarnings("ignore")
     import torch
-    from timesclip_export.bundle import library_versions
+    from timesclip_export.bundle.format import library_versions
 
     data = load_rows(args.data_dir)
     presets = ["tiny", "small"] if args.preset == "both" else [args.preset]

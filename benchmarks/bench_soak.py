@@ -32,7 +32,7 @@ WARMUP = 100
 
 def make_bundle(folder: Path, data_dir: Path) -> Path:
     from darts import TimeSeries
-    from timesclip_export.writer import export_bundle
+    from timesclip_export.exporter.writer import export_bundle
 
     from timesclip_darts import TimesCLIPModel
 
@@ -70,7 +70,7 @@ def percentiles(latencies: np.ndarray) -> dict[str, float]:
 
 
 def run(bundle: Path, values: np.ndarray, times: np.ndarray, checks: int) -> dict:
-    from timesclip_export.runtime import RollingForecaster
+    from timesclip_export.runtime.forecaster import RollingForecaster
 
     forecaster = RollingForecaster(bundle)
     icl = forecaster.input_chunk_length

@@ -106,7 +106,7 @@ def tiny_model_path(etth1_splits, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def signing_keys(tmp_path_factory) -> tuple[Path, Path]:
     """An Ed25519 key pair (private, public) made by `timesclip-darts keygen`."""
-    from timesclip_darts.cli import main
+    from timesclip_cli.main import main
 
     folder = tmp_path_factory.mktemp("keys")
     private, public = folder / "bundle.key", folder / "bundle.pub"
@@ -117,7 +117,7 @@ def signing_keys(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_model_path: Path, signing_keys, tmp_path_factory) -> Path:
     """The tiny model exported by `timesclip-darts export ... --sign` (with its scaler)."""
-    from timesclip_darts.cli import main
+    from timesclip_cli.main import main
 
     out = tmp_path_factory.mktemp("bundles") / "bundle"
     assert main(["export", str(tiny_model_path), str(out), "--sign", str(signing_keys[0])]) == 0

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
+from timesclip_cli.main import main
 from timesclip_darts import TimesCLIPModel
-from timesclip_darts.cli import main
 
 MODEL_ARGS = [
     "--input-chunk-length",
@@ -240,7 +240,7 @@ def gaussian(csv_path: Path, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def gaussian_runtime(gaussian: Path, tmp_path_factory):
     """The Gaussian model exported (with its scaler) and loaded by the runtime."""
-    from timesclip_export.runtime import RollingForecaster
+    from timesclip_export.runtime.forecaster import RollingForecaster
 
     bundle = tmp_path_factory.mktemp("gaussian_bundle") / "bundle"
     assert main(["export", str(gaussian), str(bundle), "--no-optimize"]) == 0

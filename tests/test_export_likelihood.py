@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from darts.utils.likelihood_models import QuantileRegression
 from timesclip_export.errors import InputError
-from timesclip_export.runtime import RollingForecaster
-from timesclip_export.writer import export_bundle
+from timesclip_export.exporter.writer import export_bundle
+from timesclip_export.runtime.forecaster import RollingForecaster
 
 from tests.conftest import DATA_DIR, tiny_timesclip
 from timesclip_darts import TimesCLIPModel

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from darts.utils.likelihood_models import GaussianLikelihood
-from timesclip_export.runtime import RollingForecaster
-from timesclip_export.writer import export_bundle
+from timesclip_export.exporter.writer import export_bundle
+from timesclip_export.runtime.forecaster import RollingForecaster
 
 from tests.conftest import etth1_series, tiny_timesclip
 from timesclip_darts import TimesCLIPModel

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from timesclip_export.errors import BundleError, DeviceError
-from timesclip_export.placement import (
+from timesclip_export.runtime.forecaster import RollingForecaster
+from timesclip_export.runtime.placement import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
     Placement,
@@ -19,7 +20,6 @@ from timesclip_export.placement import (
     ort_providers_for,
     verify_providers,
 )
-from timesclip_export.runtime import RollingForecaster
 
 ORT_CPU = ["AzureExecutionProvider", CPU_PROVIDER]
 ORT_CUDA = [CUDA_PROVIDER, CPU_PROVIDER]

@@ -19,8 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from timesclip_export import graphs
-from timesclip_export.bundle import check_program_safe, sha256_file
+from timesclip_export.bundle.format import check_program_safe, sha256_file
 from timesclip_export.errors import (
     BundleError,
     BundleVersionError,
@@ -29,12 +28,13 @@ from timesclip_export.errors import (
     InputError,
     TimestampError,
 )
-from timesclip_export.runtime import RollingForecaster
-from timesclip_export.writer import _replace_dir, export_bundle
+from timesclip_export.exporter import graphs
+from timesclip_export.exporter.writer import _replace_dir, export_bundle
+from timesclip_export.runtime.forecaster import RollingForecaster
 
 from tests.conftest import ROOT
+from timesclip_cli.main import main
 from timesclip_darts import TimesCLIPModel
-from timesclip_darts.cli import main
 
 ICL, OCL = 96, 24
 COLUMNS = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
@@ -392,7 +392,7 @@ def test_replacing_a_bundle_swaps_whole_folders(tmp_path: Path, monkeypatch) -> 
             raise OSError("rename failed")
         return real_replace(src, dst)
 
-    monkeypatch.setattr("timesclip_export.writer.os.replace", second_rename_fails)
+    monkeypatch.setattr("timesclip_export.exporter.writer.os.replace", second_rename_fails)
     with pytest.raises(OSError, match="rename failed"):
         _replace_dir(new, old)
     assert (old / "manifest.json").read_text() == "new"  # the previous bundle is back
@@ -414,7 +414,7 @@ def test_export_refuses_to_replace_what_is_not_asked_for(trained: Path, bundle: 
 def test_stream_command_forecasts_each_row_piped_in(bundle: Path, etth1: pd.DataFrame) -> None:
     frame = etth1.iloc[TEST_START : TEST_START + ICL + 29]
     done = subprocess.run(
-        [sys.executable, "-m", "timesclip_darts.cli", "stream", str(bundle)],
+        [sys.executable, "-m", "timesclip_cli.main", "stream", str(bundle)],
         input=frame.to_csv(index=False),
         capture_output=True,
         text=True,
@@ -481,7 +481,7 @@ def test_missing_bundle_is_one_error_line(tmp_path: Path, capsys) -> None:
 RUNTIME_ONLY = """
 import sys
 import numpy as np
-from timesclip_export.runtime import RollingForecaster
+from timesclip_export.runtime.forecaster import RollingForecaster
 forecaster = RollingForecaster(sys.argv[1])
 values = np.random.default_rng(0).normal(10, 3, size=(100, 7)).astype(np.float32)
 out = forecaster.rolling(values)

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from timesclip_export import writer
-from timesclip_export.bundle import check_program_safe, read_manifest, sha256_file
+from timesclip_export.bundle.format import check_program_safe, read_manifest, sha256_file
+from timesclip_export.bundle.signing import SIGNATURE, generate_key_pair, load_public_key
 from timesclip_export.errors import BundleError, BundleSignatureError, ExportError
-from timesclip_export.runtime import RollingForecaster
-from timesclip_export.signing import SIGNATURE, generate_key_pair, load_public_key
+from timesclip_export.exporter import writer
+from timesclip_export.runtime.forecaster import RollingForecaster
 
-from timesclip_darts.cli import main
+from timesclip_cli.main import main
 
 # ------------------------------------------------------------------------------ unpickling
 UNPICKLED: list[str] = []

@@ -24,8 +24,9 @@ from darts.utils.mlflow import autolog, load_model, log_model
 from mlflow import MlflowClient
 
 from tests.conftest import etth1_series, tiny_timesclip
+from timesclip_cli.main import main
+from timesclip_cli.mlflow_logging import log_bundle_to_mlflow
 from timesclip_darts import TimesCLIPModel
-from timesclip_darts.cli import log_bundle_to_mlflow, main
 
 ICL, OCL = 48, 12
 CLI_MODEL_ARGS = [

@@ -15,7 +15,8 @@ from darts.utils.likelihood_models import (
     LaplaceLikelihood,
     QuantileRegression,
 )
-from timesclip_export.quantiles import (
+
+from timesclip_darts.likelihoods import (
     QuantileError,
     likelihood_spec,
     parse_quantiles,
@@ -100,7 +101,7 @@ def test_parse_quantiles_sorts_and_refuses_bad_values() -> None:
 
 def test_module_imports_neither_torch_nor_darts() -> None:
     code = (
-        "import sys, timesclip_export.quantiles; "
+        "import sys, timesclip_darts.likelihoods; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
         "{'torch', 'darts', 'scipy', 'pandas', 'onnxruntime'}))"
     )

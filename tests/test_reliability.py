@@ -15,14 +15,14 @@ import torch
 from darts import TimeSeries
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from timesclip_export.bundle import export_bundle
+from timesclip_export.bundle.format import export_bundle
 from timesclip_export.errors import InputError
-from timesclip_export.runtime import RollingForecaster
-from timesclip_export.stream import stream_forecasts
+from timesclip_export.runtime.csv_stream import stream_forecasts
+from timesclip_export.runtime.forecaster import RollingForecaster
 
 from tests.conftest import etth1_series, tiny_timesclip
+from timesclip_cli.main import main
 from timesclip_darts import TimesCLIPModel
-from timesclip_darts.cli import main
 
 ICL, OCL = 48, 12
 

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from timesclip_export.serve_api import ApiError, ModelSpec, forecast_json, parse_rows, shard_for
+from timesclip_export.service.api import ApiError, ModelSpec, forecast_json, parse_rows, shard_for
 
 from tests.conftest import DATA_DIR, ETTH1_COLUMNS, ROOT
 
@@ -52,7 +52,7 @@ PINNED_4 = [1, 2, 3, 3, 1, 2, 1, 0]
 
 def test_shard_for_does_not_depend_on_the_process_hash_seed() -> None:
     code = (
-        "from timesclip_export.serve_api import shard_for;"
+        "from timesclip_export.service.api import shard_for;"
         "print([shard_for(f'sensor-{i}', 4) for i in range(8)])"
     )
     outputs = set()
@@ -138,8 +138,8 @@ def test_forecast_json_gives_quantiles_and_parameters_of_the_likelihood() -> Non
 
 def test_the_runtime_and_the_api_module_do_not_import_ray() -> None:
     code = (
-        "import sys, timesclip_export.runtime, timesclip_export.serve_api, "
-        "timesclip_export.streams, timesclip_export.commands;"
+        "import sys, timesclip_export.runtime.forecaster, timesclip_export.service.api, "
+        "timesclip_export.service.stream_pool, timesclip_cli.bundle_commands;"
         "print('ray' in sys.modules)"
     )
     done = subprocess.run(
@@ -152,7 +152,7 @@ def test_the_runtime_and_the_api_module_do_not_import_ray() -> None:
 def test_serve_without_ray_says_how_to_install_it_and_exits_2(tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['ray'] = None; sys.modules['ray.serve'] = None\n"
-        "from timesclip_darts.cli import main\n"
+        "from timesclip_cli.main import main\n"
         f"sys.exit(main(['serve', {str(tmp_path)!r}]))"
     )
     done = subprocess.run(
@@ -212,7 +212,7 @@ class Server:
         command = [
             sys.executable,
             "-m",
-            "timesclip_darts.cli",
+            "timesclip_cli.main",
             "serve",
             str(self.bundle),
             "--port",
@@ -335,7 +335,7 @@ def ett() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def runtime(tiny_bundle: Path):
     """A fresh stream of the in-process runtime (one forecaster, reset per call)."""
-    from timesclip_export.runtime import RollingForecaster
+    from timesclip_export.runtime.forecaster import RollingForecaster
 
     forecaster = RollingForecaster(tiny_bundle, device="cpu")
 

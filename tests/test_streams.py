@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from timesclip_export.errors import BundleError, InputError, SnapshotError
-from timesclip_export.runtime import RollingForecaster
-from timesclip_export.streams import PoolUpdate, StreamPool
+from timesclip_export.runtime.forecaster import RollingForecaster
+from timesclip_export.service.stream_pool import PoolUpdate, StreamPool
 
 from tests.conftest import ETTH1_COLUMNS, ROOT, TINY_ICL, TINY_OCL
 
@@ -417,8 +417,8 @@ KILLED_SNAPSHOT = textwrap.dedent(
     import sys, time
     import numpy as np
     import numpy.lib.format as npy_format
-    from timesclip_export.runtime import RollingForecaster
-    from timesclip_export.streams import StreamPool
+    from timesclip_export.runtime.forecaster import RollingForecaster
+    from timesclip_export.service.stream_pool import StreamPool
 
     bundle, path = sys.argv[1], sys.argv[2]
     pool = StreamPool.restore(path, RollingForecaster(bundle, verify=False, onnx_threads=1))

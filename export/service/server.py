@@ -4,7 +4,7 @@ for many live streams (one forecast per stream after every new row) and stateles
 Deployments of one Serve application (``timesclip``):
 
 - ``Ingress`` (``--replicas``): HTTP routing, auth, size limits and request validation
-  (:mod:`timesclip_export.serve_api`); no model. It sends each stream's rows to the one shard
+  (:mod:`timesclip_export.service.api`); no model. It sends each stream's rows to the one shard
   that owns the stream (rendezvous hashing of the stream id, :func:`serve_api.shard_for`), one
   call per shard for ``POST /v1/rows``.
 - ``Shard0`` ... ``Shard{N-1}`` (``--shards``, one replica each): a :class:`StreamPool` per
@@ -17,7 +17,7 @@ Deployments of one Serve application (``timesclip``):
 
 Metrics are Ray's (``ray.util.metrics``), exported by each node's metrics agent as
 ``ray_timesclip_serve_*`` on the node's metrics export port. Ray is imported here only: the
-runtime (``timesclip_export.runtime``) never imports it.
+runtime (``timesclip_export.runtime.forecaster``) never imports it.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from ray import serve
 from ray.util import metrics
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from timesclip_export.serve_api import (
+from timesclip_export.service.api import (
     OUTPUT_FIELDS,
     ApiError,
     Forecast,
@@ -63,7 +63,7 @@ LAYOUT_FILE = "layout.json"
 SNAPSHOT_FORMAT = "shard-{index}-of-{shards}.snapshot"
 _LATENCY_BOUNDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 _BATCH_BOUNDS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
-logger = logging.getLogger("timesclip_export.serve")
+logger = logging.getLogger("timesclip_export.service.server")
 
 
 @dataclass
@@ -143,7 +143,7 @@ def check_snapshot_dir(config: ServeConfig, manifest: dict) -> None:
 
 
 def _manifest_digest(manifest: dict) -> str:
-    from timesclip_export.streams import manifest_digest
+    from timesclip_export.service.stream_pool import manifest_digest
 
     return manifest_digest(manifest)
 
@@ -159,7 +159,7 @@ def _rss_bytes() -> int | None:
 def _load_forecaster(config: ServeConfig) -> Any:
     """The runtime, warmed up (the rasteriser's JIT and ORT's first run take seconds)."""
     import numpy as np
-    from timesclip_export.runtime import RollingForecaster
+    from timesclip_export.runtime.forecaster import RollingForecaster
 
     forecaster = RollingForecaster(
         config.bundle,
@@ -178,7 +178,7 @@ class Shard:
     runs on one worker thread, so updates, snapshots and reads never interleave."""
 
     def __init__(self, config: dict, index: int) -> None:
-        from timesclip_export.streams import StreamPool
+        from timesclip_export.service.stream_pool import StreamPool
 
         self.config = ServeConfig(**config)
         self.index = index
@@ -284,7 +284,7 @@ class Shard:
         return await self._run(self._windows_batch, requests)
 
     def _windows_batch(self, requests: list[dict]) -> list[dict]:
-        from timesclip_export.streams import StreamPool
+        from timesclip_export.service.stream_pool import StreamPool
 
         pool = StreamPool(self.forecaster, batch_size=self.config.batch_size)  # throwaway
         rows = {
@@ -727,7 +727,7 @@ def _rejection(rejection: dict) -> ApiError:
 
 
 def _read_manifest(config: ServeConfig) -> dict:
-    from timesclip_export.bundle import read_manifest
+    from timesclip_export.bundle.format import read_manifest
 
     return read_manifest(config.bundle, trusted_key=config.trusted_key)
 
@@ -776,7 +776,7 @@ def start(config: ServeConfig, quiet: bool = False) -> None:
         if getattr(config, name):
             setattr(config, name, str(Path(getattr(config, name)).expanduser().resolve()))
     manifest = _read_manifest(config)
-    from timesclip_export.bundle import verify_files
+    from timesclip_export.bundle.format import verify_files
 
     verify_files(config.bundle, manifest)  # here, not in a crash-looping replica
     check_snapshot_dir(config, manifest)

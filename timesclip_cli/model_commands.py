@@ -1,35 +1,131 @@
-"""The ``timesclip-darts`` command: demo, train, predict and backtest (export and stream come from
-the export package). User errors print one line and exit 1 (2 for options that can never work,
-such as quantiles a model cannot give); no tracebacks."""
+"""``demo``, ``train``, ``predict`` and ``backtest``: the commands on the model package's side.
+User errors are ``ValueError`` subclasses, which :func:`timesclip_cli.main.main` prints as one
+line."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from timesclip_darts.quiet import quiet_lightning
+from timesclip_cli.mlflow_logging import (
+    add_mlflow_arguments,
+    check_mlflow_arguments,
+    darts_autolog,
+    log_model_to_mlflow,
+    mlflow_run,
+)
+from timesclip_cli.model_files import load_model, scaler_path
 from timesclip_darts.scaling import ScalerError, StandardScaling
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Add ``demo``, ``train``, ``predict`` and ``backtest`` to the ``timesclip-darts`` parser."""
+    demo = commands.add_parser(
+        "demo", help="train a small TimesCLIP on ETTh1 (CPU, minutes) and backtest it"
+    )
+    demo.add_argument(
+        "--out-dir",
+        default="timesclip-demo",
+        help="where the model and pictures go (default: ./timesclip-demo)",
+    )
+    demo.add_argument("--data-dir", help="local ETT CSV folder (default: ../shared/data/ETT)")
+    demo.add_argument(
+        "--clip-model",
+        default="small",
+        help="CLIP preset, local folder or hub id (default: the small preset)",
+    )
+    demo.add_argument("--epochs", type=int, default=2)
+    demo.add_argument(
+        "--max-train-windows",
+        type=int,
+        default=2000,
+        help="train on a random sample of N training windows, fixed by the seed (default "
+        "2000; 0: every window, the benchmark's protocol)",
+    )
+    demo.add_argument(
+        "--test-windows",
+        type=int,
+        default=None,
+        help="backtest only the first N test windows (default: all 2785)",
+    )
+    demo.add_argument("--d-model", type=int, default=128)
+    demo.add_argument("--n-heads", type=int, default=4)
+    demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo model")
+    demo.set_defaults(func=cmd_demo)
+
+    train = commands.add_parser("train", help="train a TimesCLIPModel on a CSV or a dataset")
+    _add_data_arguments(train)
+    train.add_argument("--model-out", required=True, help="where to save the model")
+    train.add_argument("--overwrite", action="store_true")
+    train.add_argument("--input-chunk-length", type=int, default=96)
+    train.add_argument("--output-chunk-length", type=int, default=96)
+    train.add_argument(
+        "--clip-model",
+        default="small",
+        help="CLIP preset, local folder or hub id (default: the small preset)",
+    )
+    train.add_argument("--d-model", type=int, default=128)
+    train.add_argument("--n-heads", type=int, default=4)
+    train.add_argument("--epochs", type=int, default=2)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=None, help="default: TimesCLIPModel's, 3e-4")
+    train.add_argument(
+        "--weight-decay", type=float, default=None, help="AdamW's; default: TimesCLIPModel's, 0.1"
+    )
+    train.add_argument("--max-train-windows", type=int, default=None)
+    train.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="CSV only: the last part kept for validation (default 0.2)",
+    )
+    train.add_argument("--likelihood", choices=["none", "quantile", "gaussian"], default="none")
+    train.add_argument("--seed", type=int, default=0)
+    add_mlflow_arguments(train, "the training parameters and per-epoch losses, and the model")
+    train.set_defaults(func=cmd_train)
+
+    predict = commands.add_parser("predict", help="forecast the next N steps after the data")
+    predict.add_argument("model", help="a model saved by `train` or `demo`")
+    _add_data_arguments(predict)
+    predict.add_argument("-n", type=int, required=True, help="steps to forecast")
+    predict.add_argument(
+        "--num-samples",
+        type=int,
+        default=None,
+        help="with a likelihood: sample N paths and print their median (and sample quantiles) "
+        "instead of the likelihood's point forecast; needed for -n beyond output_chunk_length",
+    )
+    _add_quantile_argument(predict, "columns <target>_q<q> beside each target's forecast")
+    predict.add_argument("--output", help="CSV file (default: standard output)")
+    predict.set_defaults(func=cmd_predict)
+
+    backtest = commands.add_parser("backtest", help="stride-1 historical forecasts and errors")
+    backtest.add_argument("model", help="a model saved by `train` or `demo`")
+    _add_data_arguments(backtest)
+    backtest.add_argument(
+        "--split",
+        choices=["test", "all"],
+        default="test",
+        help="datasets: the standard test split (default) or everything",
+    )
+    backtest.add_argument("--horizon", type=int, default=None)
+    backtest.add_argument("--stride", type=int, default=1)
+    _add_quantile_argument(backtest, "each one's pinball loss and share of actual values below it")
+    backtest.set_defaults(func=cmd_backtest)
 
 
-def load_model(path: str | Path):
-    """``TimesCLIPModel.load``: every unusable file is a ``ModelFileError`` naming the problem."""
-    from timesclip_darts.darts_model import TimesCLIPModel
-
-    return TimesCLIPModel.load(str(path))
-
-
-def scaler_path(model_path: str | Path) -> Path:
-    return Path(f"{model_path}.scaler.json")
+def _add_quantile_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--quantiles",
+        nargs="+",
+        metavar="Q",
+        help=f"quantiles strictly between 0 and 1, e.g. 0.1 0.5 0.9 (models with a likelihood; "
+        f"QuantileRegression: fitted ones only): {what}",
+    )
 
 
 @dataclass
@@ -211,7 +307,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     covariates = inputs.past_covariates
     with mlflow_run(args.mlflow) as run:
-        with _darts_autolog(run is not None):
+        with darts_autolog(run is not None):
             model.fit(
                 train,
                 past_covariates=covariates,
@@ -250,7 +346,7 @@ class PointForecast:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from timesclip_export.quantiles import check_quantiles, likelihood_spec
+    from timesclip_darts.likelihoods import check_quantiles, likelihood_spec
 
     quantiles = _parse_quantiles(args)
     model = load_model(args.model)
@@ -294,13 +390,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _parse_quantiles(args: argparse.Namespace) -> list[float]:
-    from timesclip_export.quantiles import parse_quantiles
+    from timesclip_darts.likelihoods import parse_quantiles
 
     return parse_quantiles(args.quantiles) if args.quantiles is not None else []
 
 
 def _quantile_error(message: str) -> ValueError:
-    from timesclip_export.quantiles import QuantileError
+    from timesclip_darts.likelihoods import QuantileError
 
     return QuantileError(message)
 
@@ -318,7 +414,7 @@ def _check_parameter_horizon(model, n: int, option: str, hint: str) -> None:
 def _from_parameters(forecast, n_targets: int, spec: dict, quantiles: list[float]) -> PointForecast:
     """A ``predict_likelihood_parameters=True`` forecast (components grouped by target) ->
     the runtime's point forecast and the requested quantiles."""
-    from timesclip_export.quantiles import point_and_quantiles
+    from timesclip_darts.likelihoods import point_and_quantiles
 
     values = forecast.values(copy=False)
     params = values.reshape(len(values), n_targets, len(spec["parameters"]))
@@ -341,7 +437,8 @@ def _from_samples(forecast, quantiles: list[float]) -> PointForecast:
 def _forecast_frame(result: PointForecast, targets: list[str], quantiles: list[float]):
     """One column per target (the point forecast), each followed by ``<target>_q<q>``."""
     import pandas as pd
-    from timesclip_export.quantiles import quantile_label
+
+    from timesclip_darts.likelihoods import quantile_label
 
     columns: dict[str, np.ndarray] = {}
     for j, target in enumerate(targets):
@@ -355,9 +452,9 @@ def _forecast_frame(result: PointForecast, targets: list[str], quantiles: list[f
 def cmd_backtest(args: argparse.Namespace) -> int:
     from darts import TimeSeries
     from darts.metrics import mae, mse
-    from timesclip_export.quantiles import check_quantiles, likelihood_spec, quantile_label
 
     from timesclip_darts.data import ett_splits
+    from timesclip_darts.likelihoods import check_quantiles, likelihood_spec, quantile_label
 
     quantiles = _parse_quantiles(args)
     model = load_model(args.model)
@@ -413,137 +510,6 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------- mlflow
-class UsageError(ValueError):
-    """Options that can never work together: exit 2, as argparse's own usage errors."""
-
-
-def check_mlflow_arguments(args: argparse.Namespace) -> None:
-    """``--mlflow-register`` needs ``--mlflow``; ``--mlflow`` needs MLflow installed."""
-    if args.mlflow_register and not args.mlflow:
-        raise UsageError("--mlflow-register needs --mlflow")
-    if args.mlflow:
-        require_mlflow()
-
-
-def require_mlflow():
-    """The ``mlflow`` module, or a one-line error saying how to install it."""
-    try:
-        import mlflow
-    except ImportError as err:
-        raise ValueError(
-            f"--mlflow needs MLflow ({err}); install it with: pip install 'timesclip-darts[mlflow]'"
-        ) from None
-    return mlflow
-
-
-@contextmanager
-def _mlflow_errors() -> Iterator[None]:
-    """MLflow's own exceptions (server unreachable, bad experiment...) as one-line errors."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        yield
-    except MlflowException as err:
-        first_line = str(err.message if hasattr(err, "message") else err).strip().splitlines()
-        raise ValueError(f"MLflow: {first_line[0] if first_line else type(err).__name__}") from err
-
-
-@contextmanager
-def mlflow_run(enabled: bool) -> Iterator[object | None]:
-    """The active MLflow run, or one started here from MLflow's environment variables
-    (``MLFLOW_TRACKING_URI``, ``MLFLOW_RUN_ID`` to resume a run, ``MLFLOW_EXPERIMENT_NAME`` or
-    ``_ID``) and ended when the block ends (FAILED on an error); ``None`` when not enabled."""
-    if not enabled:
-        yield None
-        return
-    mlflow = require_mlflow()
-    with _mlflow_errors():
-        active = mlflow.active_run()
-        run = active if active is not None else mlflow.start_run()
-    if active is not None:  # someone else's run (a script calling main()): leave it open
-        yield run
-        return
-    status = "FAILED"
-    try:
-        yield run
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        with _mlflow_errors():
-            mlflow.end_run(status)
-
-
-@contextmanager
-def _darts_autolog(enabled: bool) -> Iterator[None]:
-    """Darts' MLflow autologging (parameters, series info, per-epoch losses) for one fit."""
-    if not enabled:
-        yield
-        return
-    from darts.utils.mlflow import autolog
-
-    autolog(log_models=False, silent=True)
-    try:
-        yield
-    finally:
-        autolog(disable=True, silent=True)
-
-
-def log_model_to_mlflow(model, model_path: str | Path, register: str | None = None) -> str:
-    """Log ``model`` to the active run with Darts' MLflow flavor (``darts.utils.mlflow``;
-    ``load_model(uri)`` gives it back) and its scaler JSON, if any, as the run artifact
-    ``scaler/``. Returns a line saying where it went."""
-    import mlflow
-    from darts.utils.mlflow import log_model
-
-    with _mlflow_errors():
-        info = log_model(
-            model,
-            name="model",
-            registered_model_name=register,
-            extra_pip_requirements=mlflow_pip_requirements(),
-        )
-        scaler = scaler_path(model_path)
-        if scaler.is_file():
-            mlflow.log_artifact(str(scaler), artifact_path="scaler")
-    registered = f", registered as {register} v{info.registered_model_version}" if register else ""
-    return f"mlflow: logged the model to run {info.run_id} as {info.model_uri}{registered}"
-
-
-def mlflow_pip_requirements() -> list[str]:
-    """What a logged model needs beyond Darts' own pin (the flavor's default): this package,
-    whose class the flavor imports at load, pinned to the version that saved it."""
-    from importlib.metadata import version
-
-    return [f"timesclip-darts=={version('timesclip-darts')}"]
-
-
-def log_bundle_to_mlflow(
-    model_path: str | Path, bundle: str | Path, register: str | None = None
-) -> list[str]:
-    """Log an exported bundle folder to the active (or a new) run as the artifact ``bundle/``,
-    and the model it came from with Darts' flavor unless the run has a model already (from
-    ``train --mlflow``; then ``register`` registers that one). Returns lines to print."""
-    mlflow = require_mlflow()
-    lines = []
-    with mlflow_run(True) as run, _mlflow_errors():
-        mlflow.log_artifacts(str(bundle), artifact_path="bundle")
-        lines.append(f"mlflow: logged the bundle to run {run.info.run_id} as artifact bundle/")
-        outputs = mlflow.get_run(run.info.run_id).outputs
-        logged = [m.model_id for m in (outputs.model_outputs if outputs else [])]
-        if not logged:
-            lines.append(log_model_to_mlflow(load_model(model_path), model_path, register))
-        elif register:
-            version = mlflow.register_model(f"models:/{logged[0]}", register)
-            lines.append(
-                f"mlflow: registered the run's model models:/{logged[0]} as {register} "
-                f"v{version.version}"
-            )
-    return lines
-
-
 # ------------------------------------------------------------------------------------ demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from timesclip_darts.demo import run_demo
@@ -560,169 +526,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     return 0
-
-
-# ---------------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="timesclip-darts",
-        description="TimesCLIP forecasting with Darts: train, predict, backtest, demo.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    demo = commands.add_parser(
-        "demo", help="train a small TimesCLIP on ETTh1 (CPU, minutes) and backtest it"
-    )
-    demo.add_argument(
-        "--out-dir",
-        default="timesclip-demo",
-        help="where the model and pictures go (default: ./timesclip-demo)",
-    )
-    demo.add_argument("--data-dir", help="local ETT CSV folder (default: ../shared/data/ETT)")
-    demo.add_argument(
-        "--clip-model",
-        default="small",
-        help="CLIP preset, local folder or hub id (default: the small preset)",
-    )
-    demo.add_argument("--epochs", type=int, default=2)
-    demo.add_argument(
-        "--max-train-windows",
-        type=int,
-        default=2000,
-        help="train on a random sample of N training windows, fixed by the seed (default "
-        "2000; 0: every window, the benchmark's protocol)",
-    )
-    demo.add_argument(
-        "--test-windows",
-        type=int,
-        default=None,
-        help="backtest only the first N test windows (default: all 2785)",
-    )
-    demo.add_argument("--d-model", type=int, default=128)
-    demo.add_argument("--n-heads", type=int, default=4)
-    demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo model")
-    demo.set_defaults(func=cmd_demo)
-
-    train = commands.add_parser("train", help="train a TimesCLIPModel on a CSV or a dataset")
-    _add_data_arguments(train)
-    train.add_argument("--model-out", required=True, help="where to save the model")
-    train.add_argument("--overwrite", action="store_true")
-    train.add_argument("--input-chunk-length", type=int, default=96)
-    train.add_argument("--output-chunk-length", type=int, default=96)
-    train.add_argument(
-        "--clip-model",
-        default="small",
-        help="CLIP preset, local folder or hub id (default: the small preset)",
-    )
-    train.add_argument("--d-model", type=int, default=128)
-    train.add_argument("--n-heads", type=int, default=4)
-    train.add_argument("--epochs", type=int, default=2)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=None, help="default: TimesCLIPModel's, 3e-4")
-    train.add_argument(
-        "--weight-decay", type=float, default=None, help="AdamW's; default: TimesCLIPModel's, 0.1"
-    )
-    train.add_argument("--max-train-windows", type=int, default=None)
-    train.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.2,
-        help="CSV only: the last part kept for validation (default 0.2)",
-    )
-    train.add_argument("--likelihood", choices=["none", "quantile", "gaussian"], default="none")
-    train.add_argument("--seed", type=int, default=0)
-    add_mlflow_arguments(train, "the training parameters and per-epoch losses, and the model")
-    train.set_defaults(func=cmd_train)
-
-    predict = commands.add_parser("predict", help="forecast the next N steps after the data")
-    predict.add_argument("model", help="a model saved by `train` or `demo`")
-    _add_data_arguments(predict)
-    predict.add_argument("-n", type=int, required=True, help="steps to forecast")
-    predict.add_argument(
-        "--num-samples",
-        type=int,
-        default=None,
-        help="with a likelihood: sample N paths and print their median (and sample quantiles) "
-        "instead of the likelihood's point forecast; needed for -n beyond output_chunk_length",
-    )
-    _add_quantile_argument(predict, "columns <target>_q<q> beside each target's forecast")
-    predict.add_argument("--output", help="CSV file (default: standard output)")
-    predict.set_defaults(func=cmd_predict)
-
-    backtest = commands.add_parser("backtest", help="stride-1 historical forecasts and errors")
-    backtest.add_argument("model", help="a model saved by `train` or `demo`")
-    _add_data_arguments(backtest)
-    backtest.add_argument(
-        "--split",
-        choices=["test", "all"],
-        default="test",
-        help="datasets: the standard test split (default) or everything",
-    )
-    backtest.add_argument("--horizon", type=int, default=None)
-    backtest.add_argument("--stride", type=int, default=1)
-    _add_quantile_argument(backtest, "each one's pinball loss and share of actual values below it")
-    backtest.set_defaults(func=cmd_backtest)
-
-    _add_export_commands(commands)
-    return parser
-
-
-def add_mlflow_arguments(parser: argparse.ArgumentParser, what: str) -> None:
-    """``--mlflow`` and ``--mlflow-register`` (``train`` and ``export``)."""
-    parser.add_argument(
-        "--mlflow",
-        action="store_true",
-        help=f"log {what} (Darts' MLflow flavor) to MLflow: the run in MLFLOW_RUN_ID, or a new "
-        "one in MLFLOW_EXPERIMENT_NAME (or _ID) at MLFLOW_TRACKING_URI (needs the mlflow extra)",
-    )
-    parser.add_argument(
-        "--mlflow-register",
-        metavar="NAME",
-        help="with --mlflow: also register the logged model as a new version of NAME",
-    )
-
-
-def _add_quantile_argument(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument(
-        "--quantiles",
-        nargs="+",
-        metavar="Q",
-        help=f"quantiles strictly between 0 and 1, e.g. 0.1 0.5 0.9 (models with a likelihood; "
-        f"QuantileRegression: fitted ones only): {what}",
-    )
-
-
-def _add_export_commands(commands: argparse._SubParsersAction) -> None:
-    """`export` and `stream` live in the export package, which may not be installed."""
-    try:
-        from timesclip_export.commands import add_commands
-    except ImportError:
-        return
-    add_commands(commands)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    started = time.perf_counter()
-    try:
-        # The command's tables would drown in Lightning's messages (the demo's Darts baselines
-        # fit outside TimesCLIPModel's own quieting).
-        with quiet_lightning():
-            return args.func(args)
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2 if _is_usage_error(err) else 1
-    except KeyboardInterrupt:
-        print(f"interrupted after {time.perf_counter() - started:.0f} s", file=sys.stderr)
-        return 130
-
-
-def _is_usage_error(err: Exception) -> bool:
-    """Options that can never work (quantiles a model cannot give) exit 2, as argparse's do."""
-    from timesclip_export.quantiles import QuantileError
-
-    return isinstance(err, (QuantileError, UsageError))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from timesclip_cli.mlflow_logging import check_mlflow_arguments, log_bundle_to_mlflow
+
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``export`` and ``stream`` subcommands to the ``timesclip-darts`` parser."""
@@ -111,9 +113,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from timesclip_export.writer import export_bundle
-
-    from timesclip_darts.cli import check_mlflow_arguments
+    from timesclip_export.exporter.writer import export_bundle
 
     check_mlflow_arguments(args)  # before a minute of exporting
     manifest = export_bundle(
@@ -142,17 +142,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         key = manifest["signature"]["public_key_sha256"]
         print(f"  signed: manifest.sig (Ed25519, public key sha256 {key[:16]}...)")
     if args.mlflow:
-        from timesclip_darts.cli import log_bundle_to_mlflow
-
         for line in log_bundle_to_mlflow(args.model_path, args.out_dir, args.mlflow_register):
             print(line)
     return 0
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    from timesclip_export.quantiles import check_quantiles, parse_quantiles
-    from timesclip_export.runtime import RollingForecaster
-    from timesclip_export.stream import stream_forecasts
+    from timesclip_export.runtime.csv_stream import stream_forecasts
+    from timesclip_export.runtime.forecaster import RollingForecaster
+
+    from timesclip_darts.likelihoods import check_quantiles, parse_quantiles
 
     quantiles = parse_quantiles(args.quantiles) if args.quantiles is not None else []
     forecaster = RollingForecaster(
@@ -195,7 +194,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from timesclip_export.signing import generate_key_pair
+    from timesclip_export.bundle.signing import generate_key_pair
 
     key = generate_key_pair(args.private_key, args.public_key)
     print(f"wrote {args.private_key} (private, keep it secret) and {args.public_key} (public)")
@@ -204,7 +203,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def add_serve_command(subparsers: argparse._SubParsersAction) -> None:
-    """``serve``: the HTTP JSON API on Ray Serve (:mod:`timesclip_export.serve`)."""
+    """``serve``: the HTTP JSON API on Ray Serve (:mod:`timesclip_export.service.server`)."""
     serve = subparsers.add_parser(
         "serve",
         help="serve a bundle over HTTP (Ray Serve): forecasts for many live streams",
@@ -290,7 +289,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:
         print("error: `serve` needs Ray Serve: pip install timesclip-darts[serve]", file=sys.stderr)
         return 2
-    from timesclip_export.serve import ServeConfig, run_server
+    from timesclip_export.service.server import ServeConfig, run_server
 
     config = ServeConfig(
         bundle=args.bundle,

@@ -19,8 +19,9 @@ from typing import TextIO
 
 import numpy as np
 from timesclip_export.errors import InputError
-from timesclip_export.quantiles import check_quantiles, point_and_quantiles, quantile_label
-from timesclip_export.runtime import RollingForecaster
+from timesclip_export.runtime.forecaster import RollingForecaster
+
+from timesclip_darts.likelihoods import check_quantiles, point_and_quantiles, quantile_label
 
 FORMATS = ("csv", "jsonl")
 

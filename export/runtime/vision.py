@@ -16,15 +16,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-RENDER_MODULE = "timesclip_darts.rendering"
-
-
-def renderer_version() -> int:
-    """Version of the installed rasteriser's pixels (``rendering.RENDERER_VERSION``)."""
-    from timesclip_darts import rendering
-
-    return int(rendering.RENDERER_VERSION)
-
 
 class WindowVision:
     """Scaled windows ``[B, T, N]`` -> ViT features ``[B, N, F]``: instance norm, the library's
@@ -64,3 +55,8 @@ class WindowVision:
             with self._autocast(pixels.device.type, dtype=self.autocast_dtype):
                 features = self.program(pixels)
         return features.reshape(b, n, -1)
+
+
+def window_vision(program: Any, spec: dict, autocast_dtype: Any = None) -> WindowVision:
+    """The runtime's vision path around a loaded ViT program, drawn as the manifest says."""
+    return WindowVision(program, spec["image_size"], spec["line_width"], autocast_dtype)

@@ -8,7 +8,7 @@ write preallocated torch tensors through I/O binding. Where both run on one devi
 host-to-device copy per call) and only the final forecasts come back to the host; on CUDA, ONNX
 Runtime runs on torch's current stream (``user_compute_stream``), so the two libraries' kernels
 are ordered without host syncs. Where torch has CUDA and onnxruntime only its CPU provider, the
-placement is **mixed** (:mod:`timesclip_export.placement`): the rasteriser and the ViT run on
+placement is **mixed** (:mod:`timesclip_export.runtime.placement`): the rasteriser and the ViT run on
 CUDA into device buffers, the text graph runs on host windows meanwhile, and the features are
 copied to the host once per batch for the fusion graph.
 """
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
-from timesclip_export.bundle import (
+from timesclip_export.bundle.format import (
     GRAPH_FILES,
     OPTIMIZED_FILES,
     VISION_FILE,
@@ -31,10 +31,10 @@ from timesclip_export.bundle import (
     load_vision_program,
     read_manifest,
     verify_files,
-    window_vision,
 )
 from timesclip_export.errors import InputError, TimestampError
-from timesclip_export.placement import Placement, choose_placement, open_session
+from timesclip_export.runtime.placement import Placement, choose_placement, open_session
+from timesclip_export.runtime.vision import window_vision
 
 from timesclip_darts.checks import first_bad_value, timestamp_problem
 from timesclip_darts.scaling import StandardScaling
@@ -84,7 +84,7 @@ class RollingForecaster:
         device: ``"auto"`` (CUDA when both torch and onnxruntime have it; mixed when only torch
             has it: rasteriser and ViT on CUDA, graphs on ORT's CPU; else CPU), ``"cpu"``,
             ``"cuda"`` or ``"cuda:N"`` (mixed too when onnxruntime lacks CUDA), or a
-            :class:`~timesclip_export.placement.Placement`. :meth:`describe` says what was
+            :class:`~timesclip_export.runtime.placement.Placement`. :meth:`describe` says what was
             picked and why.
         optimized: run the ORT-optimised graphs (fused attention/LayerNorm/GELU) or the plain ones.
         batch_size: windows per forward pass in :meth:`rolling` and :meth:`update`.
@@ -447,7 +447,7 @@ class RollingForecaster:
     ) -> np.ndarray:
         """Forecasts after scaled windows ``[W, T, N]`` (on the graph device, and on the vision
         device), ``batch_size`` (default :attr:`batch_size`) per :meth:`_run_batch`; shared by
-        :meth:`_forecast_series` and :class:`~timesclip_export.streams.StreamPool`."""
+        :meth:`_forecast_series` and :class:`~timesclip_export.service.stream_pool.StreamPool`."""
         batch_size = batch_size or self.batch_size
         n_windows = windows.shape[0]
         out = torch.empty(
@@ -471,7 +471,7 @@ class RollingForecaster:
         kernels reduce a batch of one in another order than larger batches (last bits differ;
         the ViT does not), and with this a window's forecast on CPU is the same whatever batch
         it is in, so :meth:`update` row by row, :meth:`rolling` and a
-        :class:`~timesclip_export.streams.StreamPool` agree exactly. It costs ~10 % on a single
+        :class:`~timesclip_export.service.stream_pool.StreamPool` agree exactly. It costs ~10 % on a single
         window (tiny preset, CPU): half as much as running the copy through the ViT too."""
         n = windows.shape[0]
         if n == 1:

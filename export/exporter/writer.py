@@ -1,6 +1,6 @@
 """Writing a bundle from a trained ``TimesCLIPModel``: atomically, optionally signed.
 
-The layout is described in :mod:`timesclip_export.bundle`, which reads bundles back; this module
+The layout is described in :mod:`timesclip_export.bundle.format`, which reads bundles back; this module
 imports Darts and the model package (lazily, inside the functions), the runtime never imports it.
 """
 
@@ -15,23 +15,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from timesclip_export.bundle import (
+from timesclip_export.bundle.format import (
     FORMAT,
     FORMAT_VERSION,
     GRAPH_FILES,
     MANIFEST,
     OPTIMIZED_FILES,
+    RENDER_MODULE,
     VISION_FILE,
     library_versions,
     load_vision_program,
+    renderer_version,
     sha256_file,
-    window_vision,
 )
 from timesclip_export.errors import ExportError
-from timesclip_export.quantiles import likelihood_spec
-from timesclip_export.vision import RENDER_MODULE, renderer_version
+from timesclip_export.runtime.vision import window_vision
 
 from timesclip_darts.checks import MAX_ABS_VALUE
+from timesclip_darts.likelihoods import likelihood_spec
 
 # Largest error allowed between an exported piece and the torch model at export time.
 EXPORT_TOLERANCE = 1e-4
@@ -57,9 +58,9 @@ def export_bundle(
     ``out_dir``, and a bundle already there survives unless the new one is complete.
     ``overwrite`` must be set to replace an existing bundle. ``sign_key``: a PEM Ed25519
     private key (``timesclip-darts keygen``) to sign the manifest with (``manifest.sig``, written
-    before the rename, so a bundle is never in place unsigned; see :mod:`timesclip_export.signing`).
+    before the rename, so a bundle is never in place unsigned; see :mod:`timesclip_export.bundle.signing`).
     """
-    from timesclip_export import graphs
+    from timesclip_export.exporter import graphs
 
     opset = graphs.DEFAULT_OPSET if opset is None else opset
     if opset not in graphs.SUPPORTED_OPSETS:
@@ -69,7 +70,7 @@ def export_bundle(
         )
     signing_key = None
     if sign_key is not None:  # read first: a bad key fails before minutes of export
-        from timesclip_export.signing import load_private_key
+        from timesclip_export.bundle.signing import load_private_key
 
         signing_key = load_private_key(sign_key)
     model, model_path = _load_model(model)
@@ -86,7 +87,7 @@ def export_bundle(
     try:
         manifest = _write_bundle(model, temporary, scaler_payload, opset, optimize, signing_key)
         if signing_key is not None:
-            from timesclip_export.signing import sign_manifest
+            from timesclip_export.bundle.signing import sign_manifest
 
             sign_manifest(temporary, signing_key, MANIFEST)
         _replace_dir(temporary, out_dir)
@@ -279,7 +280,7 @@ def _write_bundle(
     signing_key: Any = None,
 ) -> dict:
     import torch
-    from timesclip_export import graphs
+    from timesclip_export.exporter import graphs
 
     _check_exportable(model)
     core = graphs.export_core(model.core)
@@ -393,7 +394,7 @@ def _write_bundle(
         },
     }
     if signing_key is not None:
-        from timesclip_export.signing import signature_entry
+        from timesclip_export.bundle.signing import signature_entry
 
         manifest["signature"] = signature_entry(signing_key)
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))

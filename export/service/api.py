@@ -153,7 +153,7 @@ class ModelSpec:
 
 def parse_output(body: Mapping[str, Any], spec: ModelSpec) -> tuple[list[float], bool]:
     """``"quantiles": [0.1, 0.9]`` and ``"parameters": true`` of a request."""
-    from timesclip_export.quantiles import QuantileError, check_quantiles, parse_quantiles
+    from timesclip_darts.likelihoods import QuantileError, check_quantiles, parse_quantiles
 
     parameters = body.get("parameters", False)
     if not isinstance(parameters, bool):
@@ -313,7 +313,7 @@ def forecast_json(
     """One forecast (:class:`Forecast` or :class:`StreamForecast`) as JSON: time, horizon and
     a list per target; with quantiles ``{"quantiles": {"0.1": {target: [...]}}}``, with
     parameters ``{"parameters": {name: {target: [...]}}}``."""
-    from timesclip_export.quantiles import point_and_quantiles
+    from timesclip_darts.likelihoods import point_and_quantiles
 
     values = np.asarray(forecast.values)
     out: dict[str, Any] = {

@@ -1,5 +1,5 @@
 """Bundles: reading one back safely (JSON manifest, checksums, versions, signature, no pickle).
-Writing one from a trained ``TimesCLIPModel`` is :mod:`timesclip_export.writer`.
+Writing one from a trained ``TimesCLIPModel`` is :mod:`timesclip_export.exporter.writer`.
 
 A bundle is a folder::
 
@@ -10,7 +10,7 @@ A bundle is a folder::
     fusion.onnx       projection, selection, generator, de-normalisation (-> forecast)
     text.opt.onnx     the same graphs after ONNX Runtime's transformer optimizer
     fusion.opt.onnx
-    manifest.sig      optional: Ed25519 signature of manifest.json (:mod:`timesclip_export.signing`)
+    manifest.sig      optional: Ed25519 signature of manifest.json (:mod:`timesclip_export.bundle.signing`)
 
 Reading needs only the standard library, numpy and torch (the runtime adds onnxruntime, and
 ``cryptography`` when a trusted key is given); writing imports Darts and the model package.
@@ -29,9 +29,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from timesclip_export.bundle.signing import SIGNATURE
 from timesclip_export.errors import BundleError, BundleVersionError
-from timesclip_export.signing import SIGNATURE
-from timesclip_export.vision import RENDER_MODULE, WindowVision, renderer_version
 
 FORMAT = "timesclip-darts-bundle"
 FORMAT_VERSION = 2  # 2: vision.pt2 holds the ViT alone; the runtime draws the images
@@ -41,6 +40,8 @@ GRAPH_FILES = {"text": "text.onnx", "fusion": "fusion.onnx"}
 OPTIMIZED_FILES = {"text": "text.opt.onnx", "fusion": "fusion.opt.onnx"}
 # First onnxruntime release that runs each ONNX opset.
 _ORT_FOR_OPSET = {18: "1.14", 19: "1.16", 20: "1.17", 21: "1.20", 22: "1.20", 23: "1.22"}
+# The rasteriser whose pixels the ViT saw; its version is recorded and checked at load.
+RENDER_MODULE = "timesclip_darts.rendering"
 _VERSIONED = ("torch", "onnx", "onnxruntime", "transformers", "darts", "numpy", "timesclip-darts")
 
 
@@ -69,27 +70,19 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
+def renderer_version() -> int:
+    """Version of the installed rasteriser's pixels (``rendering.RENDERER_VERSION``)."""
+    from timesclip_darts import rendering
+
+    return int(rendering.RENDERER_VERSION)
+
+
 def _release(version: str | None) -> tuple[int, ...]:
     """``'2.13.0+cpu'`` -> ``(2, 13)``: the part that must agree between exporter and runtime."""
     if not version:
         return ()
     parts = version.split("+")[0].split(".")[:2]
     return tuple(int("".join(ch for ch in p if ch.isdigit()) or 0) for p in parts)
-
-
-def window_vision(program: Any, spec: dict, autocast_dtype: Any = None) -> WindowVision:
-    """The runtime's vision path around a loaded ViT program, drawn as the manifest says."""
-    return WindowVision(program, spec["image_size"], spec["line_width"], autocast_dtype)
-
-
-def __getattr__(name: str) -> Any:
-    """``export_bundle`` and ``EXPORT_TOLERANCE`` moved to :mod:`timesclip_export.writer`;
-    importing them from here still works (without importing the writer until asked)."""
-    if name in ("export_bundle", "EXPORT_TOLERANCE"):
-        from timesclip_export import writer
-
-        return getattr(writer, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------------------- reading
@@ -106,7 +99,7 @@ def read_manifest(bundle: str | Path, trusted_key: str | Path | bytes | None = N
         raise BundleError(f"{bundle} holds no {MANIFEST}: not a bundle, or a damaged one")
     data = path.read_bytes()
     if trusted_key is not None:
-        from timesclip_export.signing import verify_manifest
+        from timesclip_export.bundle.signing import verify_manifest
 
         verify_manifest(data, bundle, trusted_key)
     try:

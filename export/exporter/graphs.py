@@ -10,7 +10,7 @@ the trained model's code and nothing written twice:
   per-window de-normalisation, ending in Darts' layout and Darts' likelihood parameters.
 - :class:`ViTGraph` -> ``vision.pt2``: the frozen ViT on CLIP-normalised pixels, as a
   ``torch.export`` program (see :func:`export_vision`); the runtime draws the pixels with the
-  library's rasteriser (:mod:`timesclip_export.vision`).
+  library's rasteriser (:mod:`timesclip_export.runtime.vision`).
 
 Exporter choice (measured with torch 2.13, onnxscript 0.7, onnxruntime 1.32):
 
@@ -140,7 +140,7 @@ class ViTGraph(nn.Module):
     """CLIP-normalised pixels ``[M, 3, S, S]`` -> the frozen ViT's pooled features ``[M, F]``.
 
     Only the ViT is exported: the runtime draws the images with the library's rasteriser
-    (:mod:`timesclip_export.vision`), whose CPU kernel is numba code ``torch.export`` cannot
+    (:mod:`timesclip_export.runtime.vision`), whose CPU kernel is numba code ``torch.export`` cannot
     trace and is many times faster than the dense torch field it could.
     """
 

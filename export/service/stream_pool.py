@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 from timesclip_export.errors import InputError, SnapshotError, TimestampError
-from timesclip_export.runtime import RollingForecaster
+from timesclip_export.runtime.forecaster import RollingForecaster
 
 SNAPSHOT_FORMAT = "timesclip-stream-pool"
 SNAPSHOT_FORMAT_VERSION = 1
