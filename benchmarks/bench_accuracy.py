@@ -44,6 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
+from timesclip_darts import published
+from timesclip_darts.atomic_files import write_text_atomic
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from process_memory import peak_rss_mib, rss_mib  # noqa: E402
 
@@ -68,17 +71,12 @@ DATASETS = ("ETTh1", "ETTh2", "ETTm1", "ETTm2")
 # Rows on the 15-minute datasets (4x the windows): TimesCLIP and the peers the issue names.
 MINUTE_ROWS = (TIMESCLIP, "DLinear", "NLinear", "TiDE", "TSMixer", NAIVE)
 ABLATION_DATASETS = ("ETTh1", "ETTh2")
-# Published figures for the same setting (input 96, horizon 96); never mixed with measured rows.
+# Published figures for the same setting (input 96, horizon 96; timesclip_darts.published):
+# (dataset, label, mse, mae), never mixed with measured rows.
 PUBLISHED = [
-    ("ETTm1", "TimesCLIP (paper: pretrained ViT-B/16, GPU)", 0.319, 0.358),
-    ("ETTm1", "TimeMixer (published)", 0.320, 0.357),
-    ("ETTm1", "PatchTST (published)", 0.329, 0.367),
-    ("ETTm1", "iTransformer (published)", 0.334, 0.368),
-    ("ETTm1", "DLinear (published)", 0.345, 0.372),
-    ("ETTh1", "TimeMixer (published)", 0.375, 0.400),
-    ("ETTh1", "TimesNet (published)", 0.384, 0.402),
-    ("ETTh1", "DLinear (published)", 0.386, 0.400),
-    ("ETTh1", "iTransformer (published)", 0.386, 0.405),
+    (f.dataset, f.label, f.mse, f.mae)
+    for f in published.figures()
+    if (f.input_length, f.horizon) == (INPUT, HORIZON)
 ]
 
 
@@ -698,12 +696,9 @@ def write_report(
 
 
 def write_json(path: Path, payload, indent: int | None = 1) -> None:
-    """Write ``payload`` beside ``path`` and rename it into place: an interrupted run leaves
-    the previous file whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(payload, indent=indent))
-    partial.replace(path)
+    """Write ``payload`` to ``path`` atomically (``timesclip_darts.atomic_files``): an
+    interrupted run leaves the previous file whole."""
+    write_text_atomic(path, json.dumps(payload, indent=indent))
 
 
 def budget_from_args(args: argparse.Namespace) -> Budget:
@@ -775,7 +770,7 @@ def main(argv: list[str] | None = None) -> dict:
     wall_s = time.perf_counter() - started
     report = write_report(path, runs, budget, args, wall_s, arguments)
     print_table(report["table"])
-    (out / "accuracy.md").write_text(markdown(report["table"]))
+    write_text_atomic(out / "accuracy.md", markdown(report["table"]))
     print(f"\nwrote {path} and {out / 'accuracy.md'}")
     current = [r for r in runs if is_current(r, budget, arguments)]
     plots = draw_plots(current, report["table"], args, budget, out / "plots")

@@ -772,8 +772,9 @@ def main(argv: list[str] | None = None) -> dict:
     result["checks"] = summary_checks(result)
     print(markdown(result))
     out = Path(args.out) if args.out else RESULTS / f"gpu_{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
+    from timesclip_darts.atomic_files import write_text_atomic
+
+    write_text_atomic(out, json.dumps(result, indent=2, default=str))
     print(f"\nwrote {out} ({result['seconds']:.0f} s)")
     return result
 

@@ -332,8 +332,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
         )
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    from timesclip_darts.atomic_files import write_text_atomic
+
+    write_text_atomic(out, json.dumps(result, indent=2))
     print(f"\nwrote {out}")
     return 0
 

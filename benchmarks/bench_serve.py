@@ -8,7 +8,8 @@ against the one-stream-at-a-time path, and a fault run that kills a shard mid-lo
 
 For each preset it trains a model on ETTm1 (``bench_runtime.train_model``) and exports it with
 its scaler, so the streams send raw rows in the original units; then starts the server in this
-process (``timesclip_export.service.server.start``: a local Ray, Serve's HTTP proxy on 127.0.0.1) and:
+process (``timesclip_export.service.server.start``: a local Ray, Serve's HTTP proxy on
+127.0.0.1) and:
 
 - primes every stream with its first ``input_chunk_length - 1`` rows (not timed), then sends
   ``--ticks`` new rows per stream and times them, two ways: ``per_stream`` (one
@@ -753,8 +754,9 @@ def main(argv: list[str] | None = None) -> int:
     print_table(result)
     name = "serve_smoke.json" if args.smoke else "serve.json"
     out = Path(args.out) if args.out else RESULTS / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    from timesclip_darts.atomic_files import write_text_atomic
+
+    write_text_atomic(out, json.dumps(result, indent=2))
     print(f"\nwrote {out} ({result['seconds']} s)")
     errors = sum(level["errors"] for run in result["presets"] for level in run["levels"])
     fault = result.get("fault") or {}

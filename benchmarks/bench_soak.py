@@ -161,8 +161,9 @@ def main(argv: list[str] | None = None) -> dict:
         result = run(bundle, values, times, min(args.checks, 5) if args.smoke else args.checks)
     print_table(result)
     if not args.smoke:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+        from timesclip_darts.atomic_files import write_text_atomic
+
+        write_text_atomic(args.out, json.dumps(result, indent=2))
         print(f"wrote {args.out}")
     return result
 

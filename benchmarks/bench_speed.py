@@ -316,7 +316,9 @@ def main(argv: list[str] | None = None) -> dict:
         report["scaling"] = bench_scaling(preset, 32 if args.smoke else 256, configs)
     out = args.out or (Path(tempfile.mkdtemp(prefix="bench_speed_")) if args.smoke else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "speed.json").write_text(json.dumps(report, indent=2))
+    from timesclip_darts.atomic_files import write_text_atomic
+
+    write_text_atomic(out / "speed.json", json.dumps(report, indent=2))
     print(f"\nwrote {out / 'speed.json'}")
     return report
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from timesclip_darts.atomic_files import write_text_atomic
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_accuracy import (  # noqa: E402
     DATASETS,
@@ -365,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
     run_each(tune_row, calls, args.jobs, record)
     report = write_report(path, runs, budget, arguments)
     text = markdown(report["table"], tabled_datasets(report["table"]))
-    (args.out / "tuning.md").write_text(text)
+    write_text_atomic(args.out / "tuning.md", text)
     print("\n" + text + f"\nwrote {path}")
     return report
 

@@ -1,8 +1,8 @@
 """Export step and deployment runtime for trained TimesCLIP models (installed as
 ``timesclip_export``).
 
-- :func:`export_bundle` (``timesclip-darts export``, :mod:`timesclip_export.exporter.writer`) writes a
-  bundle from a trained model, optionally signed; it needs Darts and the training package.
+- :func:`export_bundle` (``timesclip-darts export``, :mod:`timesclip_export.exporter`)
+  writes a bundle from a trained model, optionally signed; it needs Darts and the training package.
 - :class:`RollingForecaster` (``timesclip-darts stream``) runs a bundle with torch, numpy and
   onnxruntime only; :class:`StreamPool` runs many keyed streams through one, batched.
 - ``timesclip-darts serve`` (:mod:`timesclip_export.service.server`, needs the ``serve`` extra: Ray

@@ -29,7 +29,7 @@ class InputError(ValueError):
     ``row`` is the offending row of the call's input, when one row is to blame. ``reason`` is a
     short machine key for the problem (``"nan"``, ``"too_large"``, ``"dtype"``, ``"shape"``,
     ``"columns"``, ``"gap"``, ``"duplicate"``, ``"out_of_order"``, ``"timestamps"``), for callers
-    that count or route refusals (:class:`~timesclip_export.service.stream_pool.StreamPool`, the server).
+    that count or route refusals (``StreamPool``, the server).
     """
 
     default_reason = "input"
@@ -47,8 +47,8 @@ class TimestampError(InputError):
 
 
 class SnapshotError(BundleError):
-    """A :class:`~timesclip_export.service.stream_pool.StreamPool` snapshot that cannot be restored: not a
-    snapshot, damaged, another format version, or written for another bundle."""
+    """A ``StreamPool`` snapshot (:mod:`timesclip_export.service.stream_pool`) that cannot be
+    restored: not a snapshot, damaged, another format version, or written for another bundle."""
 
 
 class DeviceError(ValueError):

@@ -136,7 +136,7 @@ def test_train_on_a_dataset_name_with_covariates(tmp_path: Path) -> None:
 
 
 def test_train_keeps_the_models_optimiser_defaults(trained: Path) -> None:
-    from timesclip_darts.darts_model import DEFAULT_LR, DEFAULT_WEIGHT_DECAY
+    from timesclip_darts.config import DEFAULT_LR, DEFAULT_WEIGHT_DECAY
 
     optimiser = TimesCLIPModel.load(str(trained)).pl_module_params["optimizer_kwargs"]
     assert optimiser == {"lr": DEFAULT_LR, "weight_decay": DEFAULT_WEIGHT_DECAY}

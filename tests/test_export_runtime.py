@@ -29,12 +29,13 @@ from timesclip_export.errors import (
     TimestampError,
 )
 from timesclip_export.exporter import graphs
-from timesclip_export.exporter.writer import _replace_dir, export_bundle
+from timesclip_export.exporter.writer import export_bundle
 from timesclip_export.runtime.forecaster import RollingForecaster
 
 from tests.conftest import ROOT
 from timesclip_cli.main import main
 from timesclip_darts import TimesCLIPModel
+from timesclip_darts.atomic_files import staged_folder
 
 ICL, OCL = 96, 24
 COLUMNS = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
@@ -374,16 +375,16 @@ def test_a_failed_export_leaves_the_previous_bundle_intact(
 
 
 def test_replacing_a_bundle_swaps_whole_folders(tmp_path: Path, monkeypatch) -> None:
-    old, new = tmp_path / "bundle", tmp_path / "incoming"
-    for folder, text in ((old, "old"), (new, "new")):
-        folder.mkdir()
-        (folder / "manifest.json").write_text(text)
-    _replace_dir(new, old)
+    """export_bundle's swap (timesclip_darts.atomic_files.staged_folder): the old folder is
+    renamed aside, the new one renamed in; if that second rename fails the old one is put back."""
+    old = tmp_path / "bundle"
+    old.mkdir()
+    (old / "manifest.json").write_text("old")
+    with staged_folder(old, overwrite=True) as new:
+        (new / "manifest.json").write_text("new")
     assert (old / "manifest.json").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
 
-    new.mkdir()
-    (new / "manifest.json").write_text("newer")
     real_replace, calls = os.replace, []
 
     def second_rename_fails(src, dst):
@@ -392,11 +393,13 @@ def test_replacing_a_bundle_swaps_whole_folders(tmp_path: Path, monkeypatch) -> 
             raise OSError("rename failed")
         return real_replace(src, dst)
 
-    monkeypatch.setattr("timesclip_export.exporter.writer.os.replace", second_rename_fails)
+    monkeypatch.setattr("timesclip_darts.atomic_files.os.replace", second_rename_fails)
     with pytest.raises(OSError, match="rename failed"):
-        _replace_dir(new, old)
+        with staged_folder(old, overwrite=True) as new:
+            (new / "manifest.json").write_text("newer")
+    assert len(calls) == 3  # aside, in (failed), back
     assert (old / "manifest.json").read_text() == "new"  # the previous bundle is back
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "incoming"]
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # the staged folder is gone
 
 
 def test_export_refuses_to_replace_what_is_not_asked_for(trained: Path, bundle: Path, tmp_path):

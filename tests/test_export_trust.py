@@ -23,6 +23,7 @@ from timesclip_export.exporter import writer
 from timesclip_export.runtime.forecaster import RollingForecaster
 
 from timesclip_cli.main import main
+from timesclip_darts import atomic_files
 
 # ------------------------------------------------------------------------------ unpickling
 UNPICKLED: list[str] = []
@@ -237,7 +238,7 @@ def test_export_signs_before_the_bundle_is_renamed_into_place(
         return json.loads((folder / "manifest.json").read_text())
 
     renamed: list[bool] = []
-    real_replace = writer._replace_dir
+    real_replace = atomic_files._replace_folder  # staged_folder's swap into place
 
     def spy(new: Path, target: Path) -> None:
         read_manifest(new, trusted_key=signing_keys[1])  # signed and valid before the rename
@@ -245,7 +246,7 @@ def test_export_signs_before_the_bundle_is_renamed_into_place(
         real_replace(new, target)
 
     monkeypatch.setattr(writer, "_write_bundle", fake_write)
-    monkeypatch.setattr(writer, "_replace_dir", spy)
+    monkeypatch.setattr(atomic_files, "_replace_folder", spy)
     out = tmp_path / "signed"
     assert main(["export", str(tiny_model_path), str(out), "--sign", str(signing_keys[0])]) == 0
     assert renamed == [True] and (out / SIGNATURE).is_file()

@@ -5,6 +5,8 @@ short windows)."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import shutil
 import subprocess
@@ -30,6 +32,7 @@ from tests.conftest import ROOT, etth1_series, tiny_core, tiny_timesclip
 from timesclip_darts import BackboneUnavailableError, TimesCLIP, TimesCLIPModel
 from timesclip_darts.backbones import PRESETS, load_clip_towers
 from timesclip_darts.config import ConfigError, TimesCLIPConfig, default_patching
+from timesclip_darts.likelihoods import LIKELIHOODS, likelihood_spec
 
 
 def _save_tiny_clip(folder: Path) -> CLIPModel:
@@ -45,6 +48,80 @@ def _save_tiny_clip(folder: Path) -> CLIPModel:
 @pytest.fixture(scope="module")
 def short_series() -> TimeSeries:
     return etth1_series(0, 160)
+
+
+# ------------------------------------------------------------------------ one definition
+# Config fields the Darts model derives from the data and its own Darts arguments; every other
+# field is one of its constructor's arguments.
+DERIVED_BY_THE_DARTS_MODEL = {
+    "time_steps",
+    "prediction_steps",
+    "n_variates",
+    "n_targets",
+    "n_params",
+    "normalize_targets",
+    "vision_config",
+    "text_config",
+    "backbone",
+}
+OTHER_THAN_DEFAULT = dict(
+    patch_length=8,
+    stride=4,
+    d_model=64,
+    n_heads=2,
+    temperature=0.1,
+    image_size=48,
+    line_width=2.0,
+    dropout=0.2,
+    vision_cache_mb=0.0,
+    use_variate_selection=False,
+    freeze_vision=False,
+    per_variate_head=True,
+)
+
+
+@pytest.mark.parametrize("keywords", [{}, OTHER_THAN_DEFAULT], ids=["defaults", "given"])
+def test_the_core_and_the_darts_model_build_the_same_config(keywords: dict) -> None:
+    core = TimesCLIP(
+        time_steps=48, n_variates=3, prediction_steps=8, clip_model_name="tiny", **keywords
+    )
+    model = TimesCLIPModel(48, 8, clip_model_name="tiny", **keywords)
+    towers = load_clip_towers("tiny")
+    assert model.core_config(n_targets=3, n_covariates=0, towers=towers) == core.config
+    if not keywords:
+        assert core.config.dropout == 0.3 and core.config.vision_cache_mb == 1024.0
+
+
+def test_every_core_argument_of_the_darts_model_is_a_config_field_with_its_default() -> None:
+    fields = TimesCLIPConfig.__dataclass_fields__
+    assert set(OTHER_THAN_DEFAULT) == set(fields) - DERIVED_BY_THE_DARTS_MODEL - {"use_vision"}
+    for cls in (TimesCLIP, TimesCLIPModel):
+        parameters = inspect.signature(cls.__init__).parameters
+        shared = set(parameters) & set(fields)
+        if cls is TimesCLIPModel:
+            assert shared == set(fields) - DERIVED_BY_THE_DARTS_MODEL
+        for name in shared - {"backbone"}:
+            if fields[name].default is not dataclasses.MISSING:  # required: the window sizes
+                assert parameters[name].default == fields[name].default, (cls.__name__, name)
+
+
+def test_the_model_refuses_a_core_argument_that_cannot_work_at_construction() -> None:
+    with pytest.raises(ConfigError, match="dropout"):
+        TimesCLIPModel(48, 8, clip_model_name="tiny", dropout=1.5)
+    with pytest.raises(ConfigError, match="divisible"):
+        TimesCLIPModel(48, 8, clip_model_name="tiny", d_model=30, n_heads=4)
+
+
+@pytest.mark.parametrize("row", list(LIKELIHOODS.values()), ids=list(LIKELIHOODS))
+def test_every_registered_likelihood_matches_darts_and_builds_from_the_command_line(row) -> None:
+    likelihood = row.build()
+    assert type(likelihood).__name__ == row.darts_class
+    spec = likelihood_spec(likelihood)
+    assert len(spec["kinds"]) == len(likelihood.parameter_names) == likelihood.num_parameters
+    if row.kinds is not None:
+        assert tuple(spec["kinds"]) == row.kinds
+        z = [row.standard_quantile(q) for q in (0.1, 0.5, 0.9)]
+        assert z == sorted(z) and z[0] < z[2]  # an inverse CDF rises
 
 
 # --------------------------------------------------------------------- config and files

@@ -19,6 +19,8 @@ from timesclip_cli.mlflow_logging import (
     mlflow_run,
 )
 from timesclip_cli.model_files import load_model, scaler_path
+from timesclip_darts.atomic_files import write_text_atomic
+from timesclip_darts.likelihoods import by_cli_name, cli_names
 from timesclip_darts.scaling import ScalerError, StandardScaling
 
 
@@ -83,7 +85,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         default=0.2,
         help="CSV only: the last part kept for validation (default 0.2)",
     )
-    train.add_argument("--likelihood", choices=["none", "quantile", "gaussian"], default="none")
+    train.add_argument("--likelihood", choices=cli_names(), default="none")
     train.add_argument("--seed", type=int, default=0)
     add_mlflow_arguments(train, "the training parameters and per-epoch losses, and the model")
     train.set_defaults(func=cmd_train)
@@ -265,7 +267,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from darts.dataprocessing.transformers import Scaler
     from sklearn.preprocessing import StandardScaler
 
-    from timesclip_darts.darts_model import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, TimesCLIPModel
+    from timesclip_darts.config import DEFAULT_LR, DEFAULT_WEIGHT_DECAY
+    from timesclip_darts.darts_model import TimesCLIPModel
     from timesclip_darts.data import ett_splits, save_scaler_json
 
     out = Path(args.model_out)
@@ -298,7 +301,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         n_epochs=args.epochs,
         random_state=args.seed,
-        likelihood=_likelihood(args.likelihood),
+        likelihood=by_cli_name(args.likelihood),
         optimizer_kwargs={
             "lr": _or(args.lr, DEFAULT_LR),
             "weight_decay": _or(args.weight_decay, DEFAULT_WEIGHT_DECAY),
@@ -323,16 +326,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         if run is not None:
             print(log_model_to_mlflow(model, out, args.mlflow_register))
     return 0
-
-
-def _likelihood(name: str):
-    from darts.utils.likelihood_models import GaussianLikelihood, QuantileRegression
-
-    return {
-        "none": None,
-        "gaussian": GaussianLikelihood(),
-        "quantile": QuantileRegression([0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95]),
-    }[name]
 
 
 # --------------------------------------------------------------------------------- predict
@@ -382,7 +375,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         result.quantiles = scaler.inverse_values(result.quantiles, targets)
     text = _forecast_frame(result, targets, quantiles).to_csv(index_label="time")
     if args.output:
-        Path(args.output).write_text(text)
+        write_text_atomic(args.output, text)
         print(f"wrote {args.n} forecast rows to {args.output}")
     else:
         sys.stdout.write(text)

@@ -1,19 +1,17 @@
-"""TimesCLIPModel: TimesCLIP as a Darts ``PastCovariatesTorchModel`` and its Lightning module.
+"""TimesCLIPModel: TimesCLIP as a Darts ``PastCovariatesTorchModel``, and its Lightning module.
 
 Laid out like Darts' own models (TiDE, TSMixer): a ``PLForecastingModule`` whose ``forward`` runs
 under ``@io_processor``, and a model class that reads sizes from the first training sample in
-``_create_model``. Differences from a plain Darts model, each deliberate:
+``_create_model``. What differs from a plain Darts model, each on purpose:
 
 - the training loss is Darts' forecasting loss plus ``lambda_align`` x InfoNCE (both logged); the
   validation loss, which early stopping watches, is the forecasting loss alone;
-- the default optimiser is the paper's kind: AdamW, the CLIP text encoder at a tenth of the
-  learning rate of the new parts, cosine decay to 0 over the epochs of each ``fit`` call; its rate,
-  weight decay and the dropout were chosen on validation loss on all four ETT datasets (lr 3e-4,
-  weight decay 0.1, dropout 0.3; with the paper's lr 1e-3 and dropout 0.1 the ETTh fits peaked
-  within 1-5 epochs and then overfit: ``benchmarks/README.md``); user ``optimizer_cls``,
-  ``optimizer_kwargs`` and ``lr_scheduler_cls`` win (``None`` turns the schedule off);
-- likelihood parameters are de-normalised per kind: locations (and quantiles) affinely with the
-  window's mean and std, scales multiplied by the std;
+- the default optimiser is the paper's kind: AdamW over TimesCLIP's parameter groups (the CLIP
+  text encoder at a tenth of the rate of the new parts), cosine decay to 0 over the epochs of
+  each ``fit`` call; user ``optimizer_cls``, ``optimizer_kwargs`` and ``lr_scheduler_cls`` win
+  (``None`` turns the schedule off). The rates are :mod:`timesclip_darts.config`'s;
+- likelihood parameters are de-normalised per kind (:mod:`timesclip_darts.likelihoods`):
+  locations (and quantiles) affinely with the window's mean and std, scales times the std;
 - ``use_reversible_instance_norm`` replaces TimesCLIP's own instance norm of the targets by
   Darts' ``RINorm`` (affine unless ``{"affine": False}``), scales included;
 - the module stores a :class:`TimesCLIPConfig` (with the CLIP towers' configs), so a saved model
@@ -23,8 +21,7 @@ under ``@io_processor``, and a model class that reads sizes from the first train
 
 from __future__ import annotations
 
-import logging
-import os
+import inspect
 import shutil
 import tempfile
 from pathlib import Path
@@ -41,223 +38,28 @@ from darts.utils.data.torch_datasets.utils import (
     PLModuleOutput,
     TorchTrainingSample,
 )
-from darts.utils.likelihood_models.torch import (
-    CauchyLikelihood,
-    GaussianLikelihood,
-    GumbelLikelihood,
-    LaplaceLikelihood,
-    QuantileRegression,
-    TorchLikelihood,
-)
 from darts.utils.serialization import add_safe_globals
 from darts.utils.torch import MonteCarloDropout
 from torch import nn
 
+from timesclip_darts.atomic_files import move_into_place
 from timesclip_darts.backbones import DEFAULT_CLIP_MODEL, load_clip_towers
-from timesclip_darts.config import TimesCLIPConfig
+from timesclip_darts.config import (
+    DEFAULT_LAMBDA_ALIGN,
+    DEFAULT_LR,
+    DEFAULT_WEIGHT_DECAY,
+    TimesCLIPConfig,
+    config_arguments,
+    config_default,
+)
 from timesclip_darts.data import check_values
+from timesclip_darts.likelihoods import UnsupportedLikelihoodError, likelihood_row
 from timesclip_darts.quiet import quiet_lightning
 from timesclip_darts.timesclip import TimesCLIP
-
-logger = logging.getLogger(__name__)
 
 
 class ModelFileError(ValueError):
     """A saved model that is missing, truncated, corrupt or of another kind."""
-
-
-# Likelihoods whose parameters are (location, softplus-scale): the location is de-normalised
-# affinely and the scale multiplied by the window's std.
-_LOCATION_SCALE = (GaussianLikelihood, LaplaceLikelihood, CauchyLikelihood, GumbelLikelihood)
-SUPPORTED_LIKELIHOODS = ("QuantileRegression",) + tuple(c.__name__ for c in _LOCATION_SCALE)
-# The pretrained text encoder trains at this fraction of the main learning rate (paper: 1e-4 vs
-# 1e-3) unless ``text_encoder_lr`` is given.
-TEXT_ENCODER_LR_RATIO = 0.1
-# Chosen on validation loss (benchmarks/tune_timesclip.py, every ETT dataset): with the paper's
-# 1e-3, dropout 0.1 and AdamW's weight decay 0.01 the ETTh fits peaked within 1-5 epochs.
-DEFAULT_LR = 3e-4
-DEFAULT_WEIGHT_DECAY = 0.1
-DEFAULT_DROPOUT = 0.3
-
-
-def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
-    y = y.clamp_min(1e-8)
-    return y + torch.log(-torch.expm1(-y))
-
-
-def denormalize_parameters(
-    y_norm: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, likelihood: TorchLikelihood | None
-) -> torch.Tensor:
-    """De-normalise the head output ``[B, N, H, P]`` with per-variate mean and std ``[B, N, 1]``.
-
-    Point forecasts and quantiles: ``y * std + mean``. Location/scale likelihoods: the location
-    likewise, and the raw scale so that ``softplus(raw)`` is multiplied by ``std``.
-    """
-    mean, std = mean[..., None], std[..., None]
-    if likelihood is None or isinstance(likelihood, QuantileRegression):
-        return y_norm * std + mean
-    loc = y_norm[..., :1] * std + mean
-    scale = _inverse_softplus(F.softplus(y_norm[..., 1:2]) * std)
-    return torch.cat([loc, scale, y_norm[..., 2:]], dim=-1)
-
-
-def _rin_precompensate_scale(params: torch.Tensor, rin: nn.Module) -> torch.Tensor:
-    """Raw scale parameters ``[B, H, N, 1]`` in RINorm's space, rewritten so that Darts'
-    ``rin.inverse`` (affine, meant for locations) lands on the raw scale whose softplus is the
-    normalised scale times ``stdev / |affine_weight|``: the spread then follows the data."""
-    stdev = rin.stdev.view(rin.stdev.shape + (1,))
-    mean = rin.mean.view(rin.mean.shape + (1,))
-    weight = torch.ones_like(stdev)
-    bias = torch.zeros_like(stdev)
-    if rin.affine:
-        weight = rin.affine_weight.view(rin.affine_weight.shape + (1,)) + rin.eps * rin.eps
-        bias = rin.affine_bias.view(rin.affine_bias.shape + (1,))
-    wanted = _inverse_softplus(F.softplus(params) * stdev / weight.abs())
-    return (wanted - mean) / stdev * weight + bias
-
-
-def _use_mc_dropout(module: nn.Module) -> None:
-    """Swap every ``nn.Dropout`` below ``module`` for Darts' ``MonteCarloDropout`` (same rate):
-    identical in training and plain prediction, and active on ``predict(mc_dropout=True)``."""
-    for name, child in module.named_children():
-        if type(child) is nn.Dropout:
-            setattr(module, name, MonteCarloDropout(child.p, child.inplace))
-        else:
-            _use_mc_dropout(child)
-
-
-# Arguments of modules saved before the config object existed (their checkpoints still load).
-_LEGACY_ARGUMENTS = (
-    "n_targets",
-    "n_covariates",
-    "nr_params",
-    "clip_model_name",
-    "patch_length",
-    "stride",
-    "d_model",
-    "n_heads",
-    "temperature",
-    "image_size",
-    "line_width",
-    "dropout",
-    "vision_cache_mb",
-    "use_vision",
-    "use_variate_selection",
-    "freeze_vision",
-)
-
-
-class _TimesCLIPModule(PLForecastingModule):
-    def __init__(
-        self,
-        config: dict[str, Any] | None = None,
-        lambda_align: float = 0.1,
-        text_encoder_lr: float | None = None,
-        vision_projection_lr: float | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Lightning module around :class:`TimesCLIP`, built from its config (a plain dict in
-        the checkpoint): the CLIP towers get random weights here and their trained or
-        pretrained weights afterwards, from the checkpoint or from ``_create_model``."""
-        legacy = {k: kwargs.pop(k) for k in _LEGACY_ARGUMENTS if k in kwargs}
-        super().__init__(**kwargs)
-        self.lambda_align = lambda_align
-        self.text_encoder_lr = text_encoder_lr
-        self.vision_projection_lr = vision_projection_lr
-        if config is None:
-            self.core = _legacy_core(legacy, self.input_chunk_length, self.output_chunk_length)
-        else:
-            self.core = TimesCLIP(TimesCLIPConfig.from_dict(config))
-        self.n_targets = self.core.n_targets
-        _use_mc_dropout(self.core)
-
-    @io_processor
-    def forward(self, x_in: PLModuleInput) -> PLModuleOutput:
-        """Forecast ``(batch, output_chunk_length, n_targets, nr_params)``.
-
-        In the training stage the InfoNCE loss travels in ``PLModuleOutput.state`` to
-        ``_train_val_step`` (no other stage sets it, so no prediction loop ever sees it). With
-        Darts' RINorm the targets arrive normalised by it and the core leaves them so.
-        """
-        x = x_in.concatenate_past_features()
-        with_alignment = x_in.stage == ModuleStage.TRAIN and self.lambda_align > 0
-        out = self.core.forward_detailed(x, return_loss=with_alignment)
-        n = self.n_targets
-        mean = out.stats.mean[..., :n].transpose(1, 2)
-        std = out.stats.std[..., :n].transpose(1, 2)
-        params = denormalize_parameters(out.forecast_normalized, mean, std, self.likelihood)
-        params = params.permute(0, 2, 1, 3)
-        if self.rin is not None and _is_location_scale(self.likelihood):
-            scale = _rin_precompensate_scale(params[..., 1:2], self.rin)
-            params = torch.cat([params[..., :1], scale, params[..., 2:]], dim=-1)
-        return PLModuleOutput(prediction=params, state=out.contrastive_loss)
-
-    def _train_val_step(self, batch, stage: ModuleStage, criterion, metrics) -> torch.Tensor:
-        output = self(batch.to_module_input(stage=stage))
-        loss = self._compute_loss(output, batch.future_target, criterion, batch.sample_weight)
-        batch_size = batch.past_target.shape[0]
-        if output.state is not None:
-            self.log("train_forecast_loss", loss, batch_size=batch_size, sync_dist=True)
-            self.log("train_alignment_loss", output.state, batch_size=batch_size, sync_dist=True)
-            loss = loss + self.lambda_align * output.state
-        self.log(f"{stage.value}_loss", loss, batch_size=batch_size, prog_bar=True, sync_dist=True)
-        self._update_metrics(output.replace(state=None), batch.future_target, metrics)
-        return loss
-
-    # The feature cache serves fit alone: on at its start, off and emptied at its end (also
-    # when it fails), so forecasts never depend on it and no memory stays held after fit.
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        self.core.use_feature_cache(True)
-
-    def teardown(self, stage: str) -> None:
-        self.core.use_feature_cache(False)
-        super().teardown(stage)
-
-    def configure_optimizers(self):
-        lr = self.optimizer_kwargs.get("lr", DEFAULT_LR)
-        groups = self.core.get_parameter_groups(
-            lr_vision=self.vision_projection_lr or lr,
-            lr_other=lr,
-            lr_text=self.text_encoder_lr or lr * TEXT_ENCODER_LR_RATIO,
-        )
-        # Darts builds the optimiser from `self.parameters()`. Hand it the parameter groups
-        # instead, so that scheduler set-up, its defaults and its error messages stay Darts' own.
-        self.parameters = lambda recurse=True: groups
-        kwargs = self.lr_scheduler_kwargs
-        if kwargs.get("T_max", 0) is None:  # the default cosine: over this fit's epochs
-            self.lr_scheduler_kwargs = {**kwargs, "T_max": self._epochs_this_fit()}
-        try:
-            return super().configure_optimizers()
-        finally:
-            del self.parameters
-            self.lr_scheduler_kwargs = kwargs
-
-    def _epochs_this_fit(self) -> int:
-        trainer = self._trainer
-        epochs = getattr(trainer, "max_epochs", None) if trainer is not None else None
-        if not epochs or epochs < 0:
-            return 1
-        return max(1, epochs - trainer.current_epoch)
-
-
-def _is_location_scale(likelihood: TorchLikelihood | None) -> bool:
-    return isinstance(likelihood, _LOCATION_SCALE)
-
-
-def _legacy_core(arguments: dict[str, Any], icl: int, ocl: int) -> TimesCLIP:
-    """The core of a checkpoint written before the config object: rebuilt from its CLIP
-    source, as it was then (the source must still be there)."""
-    n_targets = arguments.pop("n_targets")
-    n_covariates = arguments.pop("n_covariates")
-    return TimesCLIP(
-        time_steps=icl,
-        n_variates=n_targets + n_covariates,
-        prediction_steps=ocl,
-        n_targets=n_targets,
-        n_params=arguments.pop("nr_params"),
-        **arguments,
-    )
 
 
 class TimesCLIPModel(PastCovariatesTorchModel):
@@ -269,20 +71,20 @@ class TimesCLIPModel(PastCovariatesTorchModel):
         clip_model_name: str = DEFAULT_CLIP_MODEL,
         patch_length: int | None = None,
         stride: int | None = None,
-        d_model: int = 512,
-        n_heads: int = 8,
-        temperature: float = 0.07,
+        d_model: int = config_default("d_model"),
+        n_heads: int = config_default("n_heads"),
+        temperature: float = config_default("temperature"),
         image_size: int | None = None,
         line_width: float | None = None,
-        dropout: float = DEFAULT_DROPOUT,
-        lambda_align: float = 0.1,
+        dropout: float = config_default("dropout"),
+        lambda_align: float = DEFAULT_LAMBDA_ALIGN,
         text_encoder_lr: float | None = None,
         vision_projection_lr: float | None = None,
-        vision_cache_mb: float = 1024.0,
-        use_vision: bool = True,
-        use_variate_selection: bool = True,
-        freeze_vision: bool = True,
-        per_variate_head: bool = False,
+        vision_cache_mb: float = config_default("vision_cache_mb"),
+        use_vision: bool = config_default("use_vision"),
+        use_variate_selection: bool = config_default("use_variate_selection"),
+        freeze_vision: bool = config_default("freeze_vision"),
+        per_variate_head: bool = config_default("per_variate_head"),
         allow_random_towers: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -316,6 +118,9 @@ class TimesCLIPModel(PastCovariatesTorchModel):
             Rendered image side (ViT native size by default) and line width in pixels.
         dropout
             Dropout in the trainable parts (0.3, chosen on validation; the paper's is 0.1).
+
+        Every core argument (``patch_length`` to ``per_variate_head``) has
+        :class:`~timesclip_darts.config.TimesCLIPConfig`'s default, as ``TimesCLIP(...)`` does.
         lambda_align
             Weight of the InfoNCE loss added to the forecasting loss in training (0 disables it).
         text_encoder_lr
@@ -350,17 +155,10 @@ class TimesCLIPModel(PastCovariatesTorchModel):
         """
         super().__init__(**self._extract_torch_model_params(**self.model_params))
         self.pl_module_params = self._extract_pl_module_params(**self.model_params)
-        likelihood = self.pl_module_params.get("likelihood")
-        if likelihood is not None and not isinstance(
-            likelihood, (QuantileRegression, *_LOCATION_SCALE)
-        ):
-            raise_log(
-                ValueError(
-                    f"TimesCLIPModel does not support {type(likelihood).__name__}: its forecast "
-                    "is de-normalised per window, which is defined for location/scale and "
-                    f"quantile outputs. Supported likelihoods: {', '.join(SUPPORTED_LIKELIHOODS)}."
-                ),
-            )
+        try:
+            likelihood_row(self.pl_module_params.get("likelihood"))
+        except UnsupportedLikelihoodError as err:
+            raise_log(err)
         self.pl_module_params.setdefault("optimizer_cls", torch.optim.AdamW)
         self.pl_module_params.setdefault(
             "optimizer_kwargs", {"lr": DEFAULT_LR, "weight_decay": DEFAULT_WEIGHT_DECAY}
@@ -369,58 +167,36 @@ class TimesCLIPModel(PastCovariatesTorchModel):
             # T_max None: the module sets it to the epochs of each fit call.
             self.pl_module_params["lr_scheduler_cls"] = torch.optim.lr_scheduler.CosineAnnealingLR
             self.pl_module_params["lr_scheduler_kwargs"] = {"T_max": None, "eta_min": 0.0}
-        self.clip_model_name = clip_model_name
-        self.patch_length = patch_length
-        self.stride = stride
-        self.d_model = d_model
-        self.n_heads = n_heads
-        self.temperature = temperature
-        self.image_size = image_size
-        self.line_width = line_width
-        self.dropout = dropout
-        self.lambda_align = lambda_align
-        self.text_encoder_lr = text_encoder_lr
-        self.vision_projection_lr = vision_projection_lr
-        self.vision_cache_mb = vision_cache_mb
-        self.use_vision = use_vision
-        self.use_variate_selection = use_variate_selection
-        self.freeze_vision = freeze_vision
-        self.per_variate_head = per_variate_head
-        self.allow_random_towers = allow_random_towers
-        # Fail at construction, not after the data is prepared, on a patching that cannot fit.
-        TimesCLIPConfig(input_chunk_length, 1, output_chunk_length, patch_length, stride)
+        # Every core argument is checked now, not after the data is prepared.
+        self.core_config(n_targets=1, n_covariates=0)
 
-    def core_config(self, n_targets: int, n_covariates: int, towers) -> TimesCLIPConfig:
-        """The core's config for data of this width, with the given towers' configs."""
+    def core_config(self, n_targets: int, n_covariates: int, towers=None) -> TimesCLIPConfig:
+        """The core's config for data of this width: the core arguments as given (the config's
+        defaults otherwise), with the given towers' configs (default CLIP configs without)."""
         return TimesCLIPConfig(
             time_steps=self.input_chunk_length,
             n_variates=n_targets + n_covariates,
             prediction_steps=self.output_chunk_length,
-            patch_length=self.patch_length,
-            stride=self.stride,
-            d_model=self.d_model,
-            n_heads=self.n_heads,
-            temperature=self.temperature,
-            image_size=self.image_size,
             n_targets=n_targets,
             n_params=1 if self.likelihood is None else self.likelihood.num_parameters,
-            dropout=self.dropout,
-            line_width=self.line_width,
-            vision_cache_mb=self.vision_cache_mb,
-            use_vision=self.use_vision,
-            use_variate_selection=self.use_variate_selection,
-            freeze_vision=self.freeze_vision,
-            per_variate_head=self.per_variate_head,
             # Darts' RINorm normalises the targets instead (see the module's forward).
             normalize_targets=not self.pl_module_params.get("use_reversible_instance_norm"),
-            vision_config=towers.vision.config,
-            text_config=towers.text.config,
-            backbone=towers.info,
+            **config_arguments(self.model_params),
+            **(
+                {}
+                if towers is None
+                else {
+                    "vision_config": towers.vision.config,
+                    "text_config": towers.text.config,
+                    "backbone": towers.info,
+                }
+            ),
         )
 
     def _create_model(self, train_sample: TorchTrainingSample) -> PLForecastingModule:
         past_covariates = train_sample.past_covariates
-        towers = load_clip_towers(self.clip_model_name, self.allow_random_towers)
+        params = self.model_params
+        towers = load_clip_towers(params["clip_model_name"], params["allow_random_towers"])
         config = self.core_config(
             n_targets=train_sample.past_target.shape[1],
             n_covariates=past_covariates.shape[1] if past_covariates is not None else 0,
@@ -428,9 +204,9 @@ class TimesCLIPModel(PastCovariatesTorchModel):
         )
         module = _TimesCLIPModule(
             config=config.to_dict(),
-            lambda_align=self.lambda_align,
-            text_encoder_lr=self.text_encoder_lr,
-            vision_projection_lr=self.vision_projection_lr,
+            lambda_align=params["lambda_align"],
+            text_encoder_lr=params["text_encoder_lr"],
+            vision_projection_lr=params["vision_projection_lr"],
             **self.pl_module_params,
         )
         module.core.load_towers(towers)
@@ -451,17 +227,50 @@ class TimesCLIPModel(PastCovariatesTorchModel):
             raise ValueError("the model has not been fitted or loaded yet")
         return self.model.core
 
-    def save(self, path: str | None = None, clean: bool = False) -> None:
+    # -------------------------------------------------------------- fit and predict: checks
+    # Darts trains on NaNs silently and never compares frequencies: both are checked up front,
+    # naming where the gap is and which frequencies differ. Arguments pass through to Darts.
+    def fit(self, series, *args: Any, **kwargs: Any):
+        given = _bind(super().fit, series, *args, **kwargs)
+        for role in ("series", "past_covariates", "val_series", "val_past_covariates"):
+            _check_series(given.get(role), role)
+        freqs = {s.freq for s in _as_list(series)}
+        # Kept for predict-time checks and for the export manifest.
+        self.training_freq = freqs.pop() if len(freqs) == 1 else None
+        self.target_components = list(_as_list(series)[0].components)
+        covariates = _as_list(given.get("past_covariates"))
+        self.past_covariate_components = list(covariates[0].components) if covariates else []
+        return super().fit(series, *args, **kwargs)
+
+    def predict(self, n: int, *args: Any, **kwargs: Any):
+        given = _bind(super().predict, n, *args, **kwargs)
+        for role in ("series", "past_covariates"):
+            _check_series(given.get(role), role, getattr(self, "training_freq", None))
+        return super().predict(n, *args, **kwargs)
+
+    # ----------------------------------------------------- fit and predict: Lightning's chatter
+    # Every fit (``fit`` ends in ``fit_from_dataset``) and every prediction (``predict`` and
+    # ``historical_forecasts`` end in ``predict_from_dataset``) runs quiet.
+    def fit_from_dataset(self, *args: Any, **kwargs: Any):
+        with quiet_lightning():
+            return super().fit_from_dataset(*args, **kwargs)
+
+    def predict_from_dataset(self, *args: Any, **kwargs: Any):
+        with quiet_lightning():
+            return super().predict_from_dataset(*args, **kwargs)
+
+    # ---------------------------------------------------------------------------- save, load
+    def save(self, path: str | None = None, **kwargs: Any) -> None:
         """Darts' ``save``, made atomic: both files are written into a temporary folder beside
-        ``path`` and renamed into place, so a crash or a full disk mid-save leaves the previous
-        model intact (the two renames themselves take microseconds; the weights go first)."""
+        ``path`` and moved into place (``atomic_files.move_into_place``), so a crash or a full
+        disk mid-save leaves the previous model intact (the weights go first)."""
         target = Path(path if path is not None else self._default_save_path() + ".pt")
         # Under DDP every process must call this (Lightning's checkpointing is collective);
         # only global rank 0 writes the checkpoint and moves the files into place.
         writer = self.trainer is None or self.trainer.is_global_zero
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
             staged = Path(tmp) / target.name
-            super().save(str(staged), clean=clean)
+            super().save(str(staged), **kwargs)
             weights = Path(f"{staged}.ckpt")
             loaded_from = getattr(self, "_loaded_weights", None)
             if not weights.exists() and loaded_from and Path(loaded_from).is_file():
@@ -470,12 +279,10 @@ class TimesCLIPModel(PastCovariatesTorchModel):
                 shutil.copyfile(loaded_from, weights)
             for suffix in (".ckpt", ""):
                 if writer and Path(f"{staged}{suffix}").exists():
-                    os.replace(f"{staged}{suffix}", f"{target}{suffix}")
+                    move_into_place(f"{staged}{suffix}", f"{target}{suffix}")
 
     @classmethod
-    def load(
-        cls, path: str, pl_trainer_kwargs: dict | None = None, trusted: bool = False, **kwargs: Any
-    ) -> TimesCLIPModel:
+    def load(cls, path: str, **kwargs: Any) -> TimesCLIPModel:
         """Darts' ``load``, but a missing, truncated or foreign file is a :class:`ModelFileError`
         naming it, never a half-loaded model (Darts alone loads a model without its ``.ckpt``
         weights with only a warning)."""
@@ -486,9 +293,7 @@ class TimesCLIPModel(PastCovariatesTorchModel):
                 f"{path}.ckpt, the weights saved beside {Path(path).name}, is missing"
             )
         try:
-            model = super().load(
-                path, pl_trainer_kwargs=pl_trainer_kwargs, trusted=trusted, **kwargs
-            )
+            model = super().load(path, **kwargs)
         except Exception as err:  # unpickling and torch raise many unrelated types for bad files
             raise ModelFileError(
                 f"could not load a TimesCLIPModel from {path}: the file or its .ckpt is "
@@ -499,110 +304,7 @@ class TimesCLIPModel(PastCovariatesTorchModel):
         model._loaded_weights = str(Path(f"{path}.ckpt").resolve())
         return model
 
-    # Darts trains on NaNs silently and never compares frequencies: check both up front, saying
-    # where the gap is and which frequencies differ.
-    def fit(
-        self,
-        series,
-        past_covariates=None,
-        future_covariates=None,
-        val_series=None,
-        val_past_covariates=None,
-        val_future_covariates=None,
-        *args,
-        **kwargs,
-    ):
-        for role, value in (
-            ("series", series),
-            ("past_covariates", past_covariates),
-            ("val_series", val_series),
-            ("val_past_covariates", val_past_covariates),
-        ):
-            _check_series(value, role)
-        freqs = {s.freq for s in _as_list(series)}
-        # Kept for predict-time checks and for the export manifest.
-        self.training_freq = freqs.pop() if len(freqs) == 1 else None
-        self.target_components = list(_as_list(series)[0].components)
-        covariates = _as_list(past_covariates)
-        self.past_covariate_components = list(covariates[0].components) if covariates else []
-        return super().fit(
-            series,
-            past_covariates,
-            future_covariates,
-            val_series,
-            val_past_covariates,
-            val_future_covariates,
-            *args,
-            **kwargs,
-        )
-
-    # `fit` ends here too, so both entry points train quietly.
-    def fit_from_dataset(self, *args, **kwargs):
-        with quiet_lightning():
-            return super().fit_from_dataset(*args, **kwargs)
-
-    def predict(
-        self, n, series=None, past_covariates=None, future_covariates=None, *args, **kwargs
-    ):
-        for role, value in (("series", series), ("past_covariates", past_covariates)):
-            _check_series(value, role, getattr(self, "training_freq", None))
-        return super().predict(n, series, past_covariates, future_covariates, *args, **kwargs)
-
-    # Darts' data loaders pin memory unconditionally; on a CPU-only machine torch then warns on
-    # every fit and predict. Pin only when CUDA is there, unless the caller says otherwise.
-    def _setup_for_train(
-        self,
-        train_dataset,
-        val_dataset=None,
-        trainer=None,
-        verbose=None,
-        epochs=0,
-        dataloader_kwargs=None,
-        load_best=False,
-    ):
-        return super()._setup_for_train(
-            train_dataset,
-            val_dataset,
-            trainer,
-            verbose,
-            epochs,
-            _default_pin_memory(dataloader_kwargs),
-            load_best,
-        )
-
-    def predict_from_dataset(
-        self,
-        n,
-        dataset,
-        trainer=None,
-        batch_size=None,
-        verbose=None,
-        n_jobs=1,
-        roll_size=None,
-        num_samples=1,
-        dataloader_kwargs=None,
-        mc_dropout=False,
-        predict_likelihood_parameters=False,
-        random_state=None,
-        values_only=False,
-    ):
-        with quiet_lightning():
-            return super().predict_from_dataset(
-                n,
-                dataset,
-                trainer,
-                batch_size,
-                verbose,
-                n_jobs,
-                roll_size,
-                num_samples,
-                _default_pin_memory(dataloader_kwargs),
-                mc_dropout,
-                predict_likelihood_parameters,
-                random_state,
-                values_only,
-            )
-
+    # ---------------------------------------------------------------------------------- onnx
     def to_onnx(self, path: str | None = None, **kwargs: Any) -> None:
         raise NotImplementedError(
             "TimesCLIPModel cannot go through Darts' single-graph `to_onnx()`: its vision path "
@@ -610,6 +312,162 @@ class TimesCLIPModel(PastCovariatesTorchModel):
             "instead (`timesclip-darts export MODEL_PATH OUT_DIR`), which writes the text and "
             "fusion ONNX graphs plus the torch vision path."
         )
+
+
+class _TimesCLIPModule(PLForecastingModule):
+    def __init__(
+        self,
+        config: dict[str, Any],
+        lambda_align: float = DEFAULT_LAMBDA_ALIGN,
+        text_encoder_lr: float | None = None,
+        vision_projection_lr: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Lightning module around :class:`TimesCLIP`, built from its config (a plain dict in
+        the checkpoint): the CLIP towers get random weights here and their trained or
+        pretrained weights afterwards, from the checkpoint or from ``_create_model``."""
+        super().__init__(**kwargs)
+        self.lambda_align = lambda_align
+        self.core = TimesCLIP(TimesCLIPConfig.from_dict(config))
+        self.n_targets = self.core.n_targets
+        _use_mc_dropout(self.core)
+        # Darts builds the optimiser as `optimizer_cls(params=self.parameters(), **kwargs)` and
+        # the scheduler from its kwargs; these wrappers hand them TimesCLIP's parameter groups
+        # and the default cosine's length (this fit's epochs).
+        self.optimizer_cls = _OverParameterGroups(
+            self.optimizer_cls, self.core, vision_projection_lr, text_encoder_lr
+        )
+        if self.lr_scheduler_kwargs.get("T_max", 0) is None:
+            self.lr_scheduler_cls = _OverThisFit(self.lr_scheduler_cls, self)
+
+    @io_processor
+    def forward(self, x_in: PLModuleInput) -> PLModuleOutput:
+        """Forecast ``(batch, output_chunk_length, n_targets, nr_params)``.
+
+        In the training stage the InfoNCE loss travels in ``PLModuleOutput.state`` to
+        ``_train_val_step`` (no other stage sets it, so no prediction loop ever sees it). With
+        Darts' RINorm the targets arrive normalised by it and the core leaves them so.
+        """
+        x = x_in.concatenate_past_features()
+        with_alignment = x_in.stage == ModuleStage.TRAIN and self.lambda_align > 0
+        out = self.core.forward_detailed(x, return_loss=with_alignment)
+        n = self.n_targets
+        mean = out.stats.mean[..., :n].transpose(1, 2)
+        std = out.stats.std[..., :n].transpose(1, 2)
+        params = denormalize_parameters(out.forecast_normalized, mean, std, self.likelihood)
+        params = params.permute(0, 2, 1, 3)
+        row = likelihood_row(self.likelihood)
+        if self.rin is not None and row is not None and row.is_location_scale:
+            scale = _rin_precompensate_scale(params[..., 1:2], self.rin)
+            params = torch.cat([params[..., :1], scale, params[..., 2:]], dim=-1)
+        return PLModuleOutput(prediction=params, state=out.contrastive_loss)
+
+    def _train_val_step(self, batch, stage: ModuleStage, criterion, metrics) -> torch.Tensor:
+        output = self(batch.to_module_input(stage=stage))
+        loss = self._compute_loss(output, batch.future_target, criterion, batch.sample_weight)
+        batch_size = batch.past_target.shape[0]
+        if output.state is not None:
+            self.log("train_forecast_loss", loss, batch_size=batch_size, sync_dist=True)
+            self.log("train_alignment_loss", output.state, batch_size=batch_size, sync_dist=True)
+            loss = loss + self.lambda_align * output.state
+        self.log(f"{stage.value}_loss", loss, batch_size=batch_size, prog_bar=True, sync_dist=True)
+        self._update_metrics(output.replace(state=None), batch.future_target, metrics)
+        return loss
+
+    # The feature cache serves fit alone: on at its start, off and emptied at its end (also
+    # when it fails), so forecasts never depend on it and no memory stays held after fit.
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self.core.use_feature_cache(True)
+
+    def teardown(self, stage: str) -> None:
+        self.core.use_feature_cache(False)
+        super().teardown(stage)
+
+    def epochs_this_fit(self) -> int:
+        """Epochs the current ``fit`` call runs (1 outside a fit)."""
+        trainer = self._trainer
+        epochs = getattr(trainer, "max_epochs", None) if trainer is not None else None
+        if not epochs or epochs < 0:
+            return 1
+        return max(1, epochs - trainer.current_epoch)
+
+
+class _OverParameterGroups:
+    """``optimizer_cls`` called as Darts calls it, over TimesCLIP's parameter groups (rates:
+    the given ones, else the main ``lr`` and a tenth of it for the text encoder) instead of
+    the flat parameter list Darts passes."""
+
+    def __init__(self, optimizer_cls, core: TimesCLIP, lr_vision, lr_text) -> None:
+        self.optimizer_cls, self.core = optimizer_cls, core
+        self.lr_vision, self.lr_text = lr_vision, lr_text
+
+    def __call__(self, params, **kwargs: Any) -> torch.optim.Optimizer:
+        groups = self.core.get_parameter_groups(
+            lr_vision=self.lr_vision, lr_other=kwargs.get("lr", DEFAULT_LR), lr_text=self.lr_text
+        )
+        return self.optimizer_cls(groups, **kwargs)
+
+
+class _OverThisFit:
+    """A scheduler class whose ``T_max`` of ``None`` becomes the epochs of the current fit."""
+
+    def __init__(self, scheduler_cls, module: _TimesCLIPModule) -> None:
+        self.scheduler_cls, self.module = scheduler_cls, module
+
+    def __call__(self, optimizer, T_max=None, **kwargs: Any):  # noqa: N803 (torch's name)
+        return self.scheduler_cls(optimizer, T_max=self.module.epochs_this_fit(), **kwargs)
+
+
+def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
+    y = y.clamp_min(1e-8)
+    return y + torch.log(-torch.expm1(-y))
+
+
+def denormalize_parameters(
+    y_norm: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, likelihood: Any
+) -> torch.Tensor:
+    """De-normalise the head output ``[B, N, H, P]`` with per-variate mean and std ``[B, N, 1]``
+    as the likelihood's registry row says: point forecasts and quantiles (all locations)
+    ``y * std + mean``; location/scale, the location likewise and the raw scale so that
+    ``softplus(raw)`` is multiplied by ``std``."""
+    mean, std = mean[..., None], std[..., None]
+    row = likelihood_row(likelihood)
+    if row is None or not row.is_location_scale:
+        return y_norm * std + mean
+    loc = y_norm[..., :1] * std + mean
+    scale = _inverse_softplus(F.softplus(y_norm[..., 1:2]) * std)
+    return torch.cat([loc, scale, y_norm[..., 2:]], dim=-1)
+
+
+def _rin_precompensate_scale(params: torch.Tensor, rin: nn.Module) -> torch.Tensor:
+    """Raw scale parameters ``[B, H, N, 1]`` in RINorm's space, rewritten so that Darts'
+    ``rin.inverse`` (affine, meant for locations) lands on the raw scale whose softplus is the
+    normalised scale times ``stdev / |affine_weight|``: the spread then follows the data."""
+    stdev = rin.stdev.view(rin.stdev.shape + (1,))
+    mean = rin.mean.view(rin.mean.shape + (1,))
+    weight = torch.ones_like(stdev)
+    bias = torch.zeros_like(stdev)
+    if rin.affine:
+        weight = rin.affine_weight.view(rin.affine_weight.shape + (1,)) + rin.eps * rin.eps
+        bias = rin.affine_bias.view(rin.affine_bias.shape + (1,))
+    wanted = _inverse_softplus(F.softplus(params) * stdev / weight.abs())
+    return (wanted - mean) / stdev * weight + bias
+
+
+def _use_mc_dropout(module: nn.Module) -> None:
+    """Swap every ``nn.Dropout`` below ``module`` for Darts' ``MonteCarloDropout`` (same rate):
+    identical in training and plain prediction, and active on ``predict(mc_dropout=True)``."""
+    for name, child in module.named_children():
+        if type(child) is nn.Dropout:
+            setattr(module, name, MonteCarloDropout(child.p, child.inplace))
+        else:
+            _use_mc_dropout(child)
+
+
+def _bind(method, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """The arguments of a call to one of Darts' methods, by name (its own signature)."""
+    return inspect.signature(method).bind(*args, **kwargs).arguments
 
 
 def _as_list(series) -> list:
@@ -627,10 +485,6 @@ def _check_series(series, role: str, expected_freq=None) -> None:
                 f"{label} has frequency {one.freq_str!r} but the model was trained on series of "
                 f"frequency {getattr(expected_freq, 'freqstr', expected_freq)!r}"
             )
-
-
-def _default_pin_memory(dataloader_kwargs: dict[str, Any] | None) -> dict[str, Any]:
-    return {"pin_memory": torch.cuda.is_available(), **(dataloader_kwargs or {})}
 
 
 # Darts 0.48 loads checkpoints safely and refuses classes outside `darts.`: allow-list ours so

@@ -16,6 +16,7 @@ from darts.datasets.dataset_loaders import DatasetLoader
 from sklearn.preprocessing import StandardScaler
 
 from timesclip_darts import checks
+from timesclip_darts.atomic_files import write_text_atomic
 from timesclip_darts.scaling import StandardScaling
 
 ETT_DATASETS = {
@@ -101,7 +102,7 @@ def save_scaler_json(scaler: Scaler, components: list[str], path: str | Path) ->
         "mean": [float(v) for v in fitted.mean_],
         "scale": [float(v) for v in fitted.scale_],
     }
-    Path(path).write_text(json.dumps(payload, indent=2))
+    write_text_atomic(path, json.dumps(payload, indent=2))
 
 
 def load_scaler_json(path: str | Path) -> dict:

@@ -2,9 +2,10 @@
 
 Lightning announces devices ("GPU available: ...") and product tips through one logger; the
 frozen ViT is in eval mode on purpose; an empty val loader list is Darts' normal case; Lightning's
-own pytree helper trips torch's deprecation of ``LeafSpec``. None of it is anything a user can act
-on. Only ``logging`` and ``warnings``: the CLI enters this before knowing whether its command
-needs Darts at all (``stream`` must not import it).
+own pytree helper trips torch's deprecation of ``LeafSpec``; Darts' data loaders pin memory,
+which torch declines with a warning on a machine without an accelerator. None of it is
+anything a user can act on. Only ``logging`` and ``warnings``: the CLI enters this before
+knowing whether its command needs Darts at all (``stream`` must not import it).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ EXPECTED_WARNINGS = (
     r"Found \d+ module\(s\) in eval mode",
     r"Total length of `list` across ranks is zero",
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"'pin_memory' argument is set as true but no accelerator is found",
 )
 
 

@@ -15,7 +15,6 @@ the export cuts the model there: vision stays in torch, language and fusion beco
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from timesclip_darts.alignment import info_nce
+from timesclip_darts.atomic_files import atomic_path
 from timesclip_darts.backbones import (
     DEFAULT_CLIP_MODEL,
     BackboneInfo,
@@ -33,7 +33,16 @@ from timesclip_darts.backbones import (
     towers_from_configs,
 )
 from timesclip_darts.checks import first_bad_value
-from timesclip_darts.config import CONFIG_NAME, ConfigError, TimesCLIPConfig
+from timesclip_darts.config import (
+    CONFIG_NAME,
+    DEFAULT_LAMBDA_ALIGN,
+    DEFAULT_LR,
+    TEXT_ENCODER_LR_RATIO,
+    ConfigError,
+    TimesCLIPConfig,
+    config_arguments,
+    config_default,
+)
 from timesclip_darts.generator import Generator
 from timesclip_darts.language_module import LanguageModule
 from timesclip_darts.preprocessor import (
@@ -85,11 +94,12 @@ class TimesCLIP(nn.Module):
         n_targets: forecast only the first ``n_targets`` variates (the rest are covariates that
             take part as inputs); all by default.
         n_params: values per forecast step (1 for a point forecast; a likelihood's parameters).
-        dropout: dropout in the trainable parts.
+        dropout: dropout in the trainable parts (0.3, chosen on validation; the paper's is 0.1).
         line_width: rendered line width in pixels (``image_size / 112``, at least 1, by default).
         vision_cache_mb: memory for the frozen-ViT feature cache (0: no cache). The ViT's output
             for a window never changes, so cached windows skip rendering and the ViT. The cache
-            is used only while :meth:`use_feature_cache` is on (the Darts model: during ``fit``).
+            is used only while :meth:`use_feature_cache` is on (the Darts model: during ``fit``),
+            so the budget costs nothing until then.
         use_vision: ablation switch; ``False`` drops the vision branch (no image, no vision
             token, hence no alignment loss).
         use_variate_selection: ablation switch; ``False`` drops the selection token.
@@ -103,7 +113,8 @@ class TimesCLIP(nn.Module):
             and reported as not pretrained.
 
     The ablation switches exist to measure what each part buys (``benchmarks/``); the export
-    supports the full model only.
+    supports the full model only. Every default is :class:`TimesCLIPConfig`'s, so
+    ``TimesCLIP(...)`` and ``TimesCLIPModel(...)`` build the same model from the same keywords.
     """
 
     def __init__(
@@ -113,23 +124,26 @@ class TimesCLIP(nn.Module):
         prediction_steps: int | None = None,
         patch_length: int | None = None,
         stride: int | None = None,
-        d_model: int = 512,
-        n_heads: int = 8,
-        temperature: float = 0.07,
+        d_model: int = config_default("d_model"),
+        n_heads: int = config_default("n_heads"),
+        temperature: float = config_default("temperature"),
         image_size: int | None = None,
         clip_model_name: str = DEFAULT_CLIP_MODEL,
         n_targets: int | None = None,
-        n_params: int = 1,
-        dropout: float = 0.1,
+        n_params: int = config_default("n_params"),
+        dropout: float = config_default("dropout"),
         line_width: float | None = None,
-        vision_cache_mb: float = 0.0,
-        use_vision: bool = True,
-        use_variate_selection: bool = True,
-        freeze_vision: bool = True,
-        per_variate_head: bool = False,
+        vision_cache_mb: float = config_default("vision_cache_mb"),
+        use_vision: bool = config_default("use_vision"),
+        use_variate_selection: bool = config_default("use_variate_selection"),
+        freeze_vision: bool = config_default("freeze_vision"),
+        per_variate_head: bool = config_default("per_variate_head"),
         backbone: ClipTowers | None = None,
         allow_random_towers: bool = False,
     ) -> None:
+        # First, before any other name is bound: the keywords as given, for the config (whose
+        # `backbone` is the towers' provenance, built below, not this argument).
+        arguments = {k: v for k, v in locals().items() if k != "backbone"}
         super().__init__()
         if isinstance(time_steps, TimesCLIPConfig):
             config = time_steps
@@ -141,24 +155,7 @@ class TimesCLIP(nn.Module):
                 raise ConfigError("TimesCLIP needs time_steps, n_variates and prediction_steps")
             towers = backbone or load_clip_towers(clip_model_name, allow_random_towers)
             config = TimesCLIPConfig(
-                time_steps=time_steps,
-                n_variates=n_variates,
-                prediction_steps=prediction_steps,
-                patch_length=patch_length,
-                stride=stride,
-                d_model=d_model,
-                n_heads=n_heads,
-                temperature=temperature,
-                image_size=image_size,
-                n_targets=n_targets,
-                n_params=n_params,
-                dropout=dropout,
-                line_width=line_width,
-                vision_cache_mb=vision_cache_mb,
-                use_vision=use_vision,
-                use_variate_selection=use_variate_selection,
-                freeze_vision=freeze_vision,
-                per_variate_head=per_variate_head,
+                **config_arguments(arguments),
                 vision_config=towers.vision.config,
                 text_config=towers.text.config,
                 backbone=towers.info,
@@ -221,13 +218,9 @@ class TimesCLIP(nn.Module):
         rebuilds the model, on a machine that never saw the CLIP source.
         """
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        weights = folder / WEIGHTS_NAME
-        staged = folder / f".{WEIGHTS_NAME}.tmp"
-        safetensors.torch.save_model(self, str(staged), metadata={"format": "pt"})
-        os.replace(staged, weights)
-        staged_config = self.config.save(folder)
-        return staged_config.parent
+        with atomic_path(folder / WEIGHTS_NAME) as staged:
+            safetensors.torch.save_model(self, str(staged), metadata={"format": "pt"})
+        return self.config.save(folder).parent
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> TimesCLIP:
@@ -396,7 +389,7 @@ class TimesCLIP(nn.Module):
         y_true: torch.Tensor,
         contrastive_loss: torch.Tensor,
         lambda_gen: float = 1.0,
-        lambda_align: float = 0.1,
+        lambda_align: float = DEFAULT_LAMBDA_ALIGN,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """``lambda_gen * MSE(y_pred, y_true) + lambda_align * InfoNCE`` and its parts.
 
@@ -438,24 +431,29 @@ class TimesCLIP(nn.Module):
         return groups
 
     def get_parameter_groups(
-        self, lr_vision: float = 1e-5, lr_other: float = 1e-4, lr_text: float | None = None
+        self,
+        lr_vision: float | None = None,
+        lr_other: float | None = None,
+        lr_text: float | None = None,
     ) -> list[dict]:
-        """AdamW-ready parameter groups.
+        """AdamW-ready parameter groups, at the Darts model's default rates unless given.
 
-        - ``vision_projection`` (the trainable projection after the frozen ViT): ``lr_vision``;
-        - ``text_encoder`` (the pretrained CLIP text transformer: its layers, final LayerNorm and
-          position embeddings): ``lr_text``, ``lr_other`` when not given (the paper fine-tunes it
-          at a smaller rate than the new parts: 1e-4 vs 1e-3);
-        - ``vision_encoder`` (the ViT, only when built with ``freeze_vision=False``): like the
-          other pretrained tower, ``lr_text``;
         - ``other`` (patch and variate embeddings, CLS token, text output projection, variate
-          selection, generator): ``lr_other``.
+          selection, generator): ``lr_other``, by default ``DEFAULT_LR`` (3e-4);
+        - ``vision_projection`` (the trainable projection after the frozen ViT): ``lr_vision``,
+          by default ``lr_other``;
+        - ``text_encoder`` (the pretrained CLIP text transformer: its layers, final LayerNorm and
+          position embeddings): ``lr_text``, by default ``lr_other * TEXT_ENCODER_LR_RATIO``
+          (the paper fine-tunes it at a tenth of the new parts' rate: 1e-4 vs 1e-3);
+        - ``vision_encoder`` (the ViT, only when built with ``freeze_vision=False``): like the
+          other pretrained tower, ``lr_text``.
 
         The frozen ViT is in no group; CLIP's word-embedding table no longer exists.
         """
-        lr_pretrained = lr_other if lr_text is None else lr_text
+        lr_other = DEFAULT_LR if lr_other is None else lr_other
+        lr_pretrained = lr_other * TEXT_ENCODER_LR_RATIO if lr_text is None else lr_text
         lrs = {
-            "vision_projection": lr_vision,
+            "vision_projection": lr_other if lr_vision is None else lr_vision,
             "vision_encoder": lr_pretrained,
             "text_encoder": lr_pretrained,
             "other": lr_other,

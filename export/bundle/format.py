@@ -10,7 +10,7 @@ A bundle is a folder::
     fusion.onnx       projection, selection, generator, de-normalisation (-> forecast)
     text.opt.onnx     the same graphs after ONNX Runtime's transformer optimizer
     fusion.opt.onnx
-    manifest.sig      optional: Ed25519 signature of manifest.json (:mod:`timesclip_export.bundle.signing`)
+    manifest.sig      optional: Ed25519 signature of manifest.json (:mod:`.signing`)
 
 Reading needs only the standard library, numpy and torch (the runtime adds onnxruntime, and
 ``cryptography`` when a trusted key is given); writing imports Darts and the model package.

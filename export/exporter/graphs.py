@@ -119,9 +119,8 @@ class FusionGraph(nn.Module):
         mean: torch.Tensor,
         std: torch.Tensor,
     ) -> torch.Tensor:
-        from darts.utils.likelihood_models.torch import QuantileRegression
-
         from timesclip_darts.darts_model import denormalize_parameters
+        from timesclip_darts.likelihoods import likelihood_row
 
         y_norm, _, _ = self.core.fuse(vision_features, cls, patch_tokens, variate_tokens)
         n = self.core.n_targets
@@ -131,7 +130,8 @@ class FusionGraph(nn.Module):
             std[..., :n].transpose(1, 2),
             self.likelihood,
         ).permute(0, 2, 1, 3)  # Darts' layout: [batch, time, component, parameter]
-        if self.likelihood is None or isinstance(self.likelihood, QuantileRegression):
+        row = likelihood_row(self.likelihood)
+        if row is None or not row.is_location_scale:
             return params
         return torch.stack(self.likelihood._params_from_output(params), dim=-1)
 

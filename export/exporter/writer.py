@@ -1,16 +1,13 @@
 """Writing a bundle from a trained ``TimesCLIPModel``: atomically, optionally signed.
 
-The layout is described in :mod:`timesclip_export.bundle.format`, which reads bundles back; this module
-imports Darts and the model package (lazily, inside the functions), the runtime never imports it.
+The layout is described in :mod:`timesclip_export.bundle.format`, which reads bundles back;
+this module imports Darts and the model package (lazily, inside the functions); the runtime
+never imports it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,8 +28,13 @@ from timesclip_export.bundle.format import (
 from timesclip_export.errors import ExportError
 from timesclip_export.runtime.vision import window_vision
 
+from timesclip_darts.atomic_files import staged_folder
 from timesclip_darts.checks import MAX_ABS_VALUE
-from timesclip_darts.likelihoods import likelihood_spec
+from timesclip_darts.likelihoods import (
+    UnsupportedLikelihoodError,
+    likelihood_row,
+    likelihood_spec,
+)
 
 # Largest error allowed between an exported piece and the torch model at export time.
 EXPORT_TOLERANCE = 1e-4
@@ -58,7 +60,8 @@ def export_bundle(
     ``out_dir``, and a bundle already there survives unless the new one is complete.
     ``overwrite`` must be set to replace an existing bundle. ``sign_key``: a PEM Ed25519
     private key (``timesclip-darts keygen``) to sign the manifest with (``manifest.sig``, written
-    before the rename, so a bundle is never in place unsigned; see :mod:`timesclip_export.bundle.signing`).
+    before the rename, so a bundle is never in place unsigned; see
+    :mod:`timesclip_export.bundle.signing`).
     """
     from timesclip_export.exporter import graphs
 
@@ -77,23 +80,14 @@ def export_bundle(
     scaler_payload = _resolve_scaler(scaler, model_path)
     out_dir = Path(out_dir)
     _check_target(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(
-        tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent)
-    )
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o777 & ~umask)  # mkdtemp makes it private; a bundle is a normal folder
-    try:
+    # _check_target has refused what may not be replaced (not a bundle; a bundle without
+    # overwrite); an empty folder is replaced as a bundle is.
+    with staged_folder(out_dir, overwrite=True) as temporary:
         manifest = _write_bundle(model, temporary, scaler_payload, opset, optimize, signing_key)
         if signing_key is not None:
             from timesclip_export.bundle.signing import sign_manifest
 
             sign_manifest(temporary, signing_key, MANIFEST)
-        _replace_dir(temporary, out_dir)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     return manifest
 
 
@@ -143,41 +137,8 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
         raise ExportError(f"{out_dir} holds a bundle; pass --overwrite to replace it")
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move the complete bundle ``new`` to ``target``: two renames on the same file system.
-
-    ``rename`` cannot replace a non-empty folder, so an old bundle is first renamed aside and
-    removed only once the new one is in place (it is put back if the second rename fails).
-    """
-    _fsync_dir(new)
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-        os.replace(target, old)  # an empty mkdtemp folder can be replaced
-        try:
-            os.replace(new, target)
-        except BaseException:
-            os.replace(old, target)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, target)
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    for child in [*path.iterdir(), path] if path.is_dir() else [path]:
-        with contextlib.suppress(OSError):  # some file systems refuse fsync on folders
-            fd = os.open(child, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-
 def _check_exportable(model: Any) -> None:
-    from darts.utils.likelihood_models.torch import QuantileRegression
-
-    from timesclip_darts.darts_model import _LOCATION_SCALE, TimesCLIPModel
+    from timesclip_darts.darts_model import TimesCLIPModel
 
     if not isinstance(model, TimesCLIPModel):
         raise ExportError(f"expected a TimesCLIPModel, got {type(model).__name__}")
@@ -193,11 +154,10 @@ def _check_exportable(model: Any) -> None:
             "models trained with use_reversible_instance_norm=True cannot be exported: the "
             "runtime does not apply Darts' RINorm (TimesCLIP already normalises each window)"
         )
-    likelihood = model.likelihood
-    if likelihood is not None and not isinstance(
-        likelihood, (QuantileRegression, *_LOCATION_SCALE)
-    ):
-        raise ExportError(f"likelihood {type(likelihood).__name__} cannot be exported")
+    try:
+        likelihood_row(model.likelihood)
+    except UnsupportedLikelihoodError as err:
+        raise ExportError(f"cannot be exported: {err}") from err
 
 
 def _time_spec(freq: Any) -> dict:

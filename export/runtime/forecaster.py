@@ -8,9 +8,9 @@ write preallocated torch tensors through I/O binding. Where both run on one devi
 host-to-device copy per call) and only the final forecasts come back to the host; on CUDA, ONNX
 Runtime runs on torch's current stream (``user_compute_stream``), so the two libraries' kernels
 are ordered without host syncs. Where torch has CUDA and onnxruntime only its CPU provider, the
-placement is **mixed** (:mod:`timesclip_export.runtime.placement`): the rasteriser and the ViT run on
-CUDA into device buffers, the text graph runs on host windows meanwhile, and the features are
-copied to the host once per batch for the fusion graph.
+placement is **mixed** (:mod:`timesclip_export.runtime.placement`): the rasteriser and the
+ViT run on CUDA into device buffers, the text graph runs on host windows meanwhile, and the
+features are copied to the host once per batch for the fusion graph.
 """
 
 from __future__ import annotations
@@ -471,7 +471,7 @@ class RollingForecaster:
         kernels reduce a batch of one in another order than larger batches (last bits differ;
         the ViT does not), and with this a window's forecast on CPU is the same whatever batch
         it is in, so :meth:`update` row by row, :meth:`rolling` and a
-        :class:`~timesclip_export.service.stream_pool.StreamPool` agree exactly. It costs ~10 % on a single
+        ``StreamPool`` agree exactly. It costs ~10 % on a single
         window (tiny preset, CPU): half as much as running the copy through the ViT too."""
         n = windows.shape[0]
         if n == 1:

@@ -58,6 +58,8 @@ from timesclip_export.service.api import (
     shard_for,
 )
 
+from timesclip_darts.atomic_files import write_text_atomic
+
 APP_NAME = "timesclip"
 LAYOUT_FILE = "layout.json"
 SNAPSHOT_FORMAT = "shard-{index}-of-{shards}.snapshot"
@@ -137,9 +139,7 @@ def check_snapshot_dir(config: ServeConfig, manifest: dict) -> None:
                 f"--snapshot-dir {folder} holds snapshots of another bundle; use an empty folder"
             )
         return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(layout))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(layout))
 
 
 def _manifest_digest(manifest: dict) -> str:

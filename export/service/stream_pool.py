@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import zipfile
 from collections import Counter, OrderedDict
@@ -40,6 +39,8 @@ from typing import Any
 import numpy as np
 from timesclip_export.errors import InputError, SnapshotError, TimestampError
 from timesclip_export.runtime.forecaster import RollingForecaster
+
+from timesclip_darts.atomic_files import atomic_path
 
 SNAPSHOT_FORMAT = "timesclip-stream-pool"
 SNAPSHOT_FORMAT_VERSION = 1
@@ -204,17 +205,10 @@ class StreamPool:
         path = Path(path)
         with self._lock:
             arrays = self._state_arrays()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
+        with atomic_path(path) as tmp:
+            os.chmod(tmp, 0o600)  # while still empty: owner only, as snapshots have always been
+            with open(tmp, "wb") as handle:
                 np.savez(handle, **arrays)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_folder(path.parent)
 
     @classmethod
     def restore(cls, path: str | Path, forecaster: RollingForecaster, **kwargs: Any) -> StreamPool:
@@ -588,17 +582,3 @@ def _as_labels(times: np.ndarray, time: Mapping[str, Any]) -> list:
         return np.asarray(times, np.int64).tolist()
     unit = "s" if not (np.asarray(times) % 10**9).any() else "ns"
     return np.datetime_as_string(np.asarray(times, "datetime64[ns]"), unit=unit).tolist()
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
