@@ -15,8 +15,8 @@ import torch
 from darts import TimeSeries
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from timesclip_export.bundle.format import export_bundle
 from timesclip_export.errors import InputError
+from timesclip_export.exporter.writer import export_bundle
 from timesclip_export.runtime.csv_stream import stream_forecasts
 from timesclip_export.runtime.forecaster import RollingForecaster
 

@@ -95,6 +95,10 @@ class TimesCLIPModel(PastCovariatesTorchModel):
         All target components and past covariates are model inputs (each gets its own image and
         tokens and takes part in variate selection and alignment); only targets are forecast.
 
+        The core arguments (``patch_length`` ... ``per_variate_head``) are
+        :class:`~timesclip_darts.config.TimesCLIPConfig`'s fields, with its defaults: the same
+        keywords build the same network as ``TimesCLIP(...)``.
+
         Parameters
         ----------
         input_chunk_length
@@ -118,9 +122,6 @@ class TimesCLIPModel(PastCovariatesTorchModel):
             Rendered image side (ViT native size by default) and line width in pixels.
         dropout
             Dropout in the trainable parts (0.3, chosen on validation; the paper's is 0.1).
-
-        Every core argument (``patch_length`` to ``per_variate_head``) has
-        :class:`~timesclip_darts.config.TimesCLIPConfig`'s default, as ``TimesCLIP(...)`` does.
         lambda_align
             Weight of the InfoNCE loss added to the forecasting loss in training (0 disables it).
         text_encoder_lr
@@ -182,15 +183,7 @@ class TimesCLIPModel(PastCovariatesTorchModel):
             # Darts' RINorm normalises the targets instead (see the module's forward).
             normalize_targets=not self.pl_module_params.get("use_reversible_instance_norm"),
             **config_arguments(self.model_params),
-            **(
-                {}
-                if towers is None
-                else {
-                    "vision_config": towers.vision.config,
-                    "text_config": towers.text.config,
-                    "backbone": towers.info,
-                }
-            ),
+            **({} if towers is None else _tower_configs(towers)),
         )
 
     def _create_model(self, train_sample: TorchTrainingSample) -> PLForecastingModule:
@@ -463,6 +456,15 @@ def _use_mc_dropout(module: nn.Module) -> None:
             setattr(module, name, MonteCarloDropout(child.p, child.inplace))
         else:
             _use_mc_dropout(child)
+
+
+def _tower_configs(towers) -> dict[str, Any]:
+    """The config fields that describe loaded CLIP towers: their configs and provenance."""
+    return {
+        "vision_config": towers.vision.config,
+        "text_config": towers.text.config,
+        "backbone": towers.info,
+    }
 
 
 def _bind(method, *args: Any, **kwargs: Any) -> dict[str, Any]:
