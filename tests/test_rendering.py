@@ -8,12 +8,14 @@ import pytest
 import torch
 
 from tests.conftest import windows
+from timesclip_darts import line_raster
 from timesclip_darts.preprocessor import instance_normalize
 from timesclip_darts.rendering import (
     MatplotlibRenderer,
     clip_normalize,
     render_windows,
     variate_colors,
+    vit_images,
 )
 
 
@@ -66,6 +68,20 @@ def test_cpu_kernel_draws_what_the_dense_torch_field_draws(
     kernel = render_windows(x, image_size, line_width, backend="cpu-kernel")
     torch.testing.assert_close(kernel, dense, atol=1e-4, rtol=0)
     torch.testing.assert_close(render_windows(x, image_size, line_width), kernel)  # auto on CPU
+
+
+@pytest.mark.parametrize("threads", [None, 1])
+def test_numpy_entry_draws_the_pixels_the_model_sees(
+    etth1_train_values: torch.Tensor, threads: int | None
+) -> None:
+    """The torch-free runtime's pixels (line_raster.vit_pixels) are the model's, bit for bit:
+    one kernel, one normalisation; and the dense torch field within 1e-4 of them."""
+    x_norm, _ = instance_normalize(windows(etth1_train_values, [0, 500, 3000], 96))
+    expected = vit_images(x_norm, 32).flatten(0, 1)
+    pixels = line_raster.vit_pixels(x_norm.numpy(), 32, line_raster.default_line_width(32), threads)
+    np.testing.assert_array_equal(pixels, expected.numpy())
+    dense = clip_normalize(render_windows(x_norm, 32, backend="torch")).flatten(0, 1)
+    np.testing.assert_allclose(pixels, dense.numpy(), atol=1e-4 / min(line_raster.CLIP_STD), rtol=0)
 
 
 def test_cpu_kernel_leaves_torchs_thread_count_alone() -> None:

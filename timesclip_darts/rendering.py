@@ -8,10 +8,12 @@ field: a pixel's coverage is ``clamp(line_width/2 + 0.5 - distance, 0, 1)``, whe
 to the nearest segment. Because x increases monotonically along a series, only the few segments
 whose x-range is near a pixel column can touch it, so each column looks at ``2K+1`` candidate
 segments instead of all ``T-1``; the work is ``O(B·N·S²·K)`` tensor ops with no Python loop over
-windows or variates. On CPU the same coverage is computed by a compiled kernel (numba, which Darts
-already depends on) that visits only the pixels inside each segment's bounding box, many times
-less work than the dense field; tests hold the two within 1e-4 of each other. The dense torch
-path serves CUDA. The export's runtime draws with this module too (bundles hold only the ViT).
+windows or variates. On CPU the same coverage is computed by a compiled kernel (numba, in
+:mod:`timesclip_darts.line_raster` with the style constants, numpy only) that visits only the
+pixels inside each segment's bounding box, many times less work than the dense field; tests hold
+the two within 1e-4 of each other. The dense torch path serves CUDA and graph exports. The
+export's runtime draws with this module (torch vision path) or with ``line_raster`` directly
+(ONNX vision path, no torch).
 The matplotlib renderer uses the same limits, colours and line style and is the reference the
 tests compare against.
 """
@@ -23,41 +25,24 @@ import math
 import numpy as np
 import torch
 
-# matplotlib's tab10, as RGB in [0, 1].
-PALETTE: tuple[tuple[float, float, float], ...] = tuple(
-    tuple(int(h[i : i + 2], 16) / 255.0 for i in (0, 2, 4))  # type: ignore[misc]
-    for h in (
-        "1f77b4",
-        "ff7f0e",
-        "2ca02c",
-        "d62728",
-        "9467bd",
-        "8c564b",
-        "e377c2",
-        "7f7f7f",
-        "bcbd22",
-        "17becf",
-    )
+from timesclip_darts import line_raster
+from timesclip_darts.line_raster import (  # noqa: F401  (the style, defined once there)
+    CLIP_MEAN,
+    CLIP_STD,
+    MIN_Y_RANGE,
+    PALETTE,
+    RENDERER_VERSION,
+    Y_MARGIN,
+    default_line_width,
 )
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-Y_MARGIN = 0.05
-MIN_Y_RANGE = 1e-3
-# Version of the pixels this module draws: exported bundles record it and the runtime, which
-# draws with this module, refuses a bundle made with another. Bump it when any pixel changes.
-RENDERER_VERSION = 1
+
 # Bound on the elements of one distance tensor, to keep peak memory flat for large batches.
 _MAX_ELEMENTS_PER_CHUNK = 1 << 22
 
 
-def default_line_width(image_size: int) -> float:
-    """Line width in pixels: 2 px at CLIP's 224, never thinner than 1 px."""
-    return max(1.0, image_size / 112.0)
-
-
 def variate_colors(n_variates: int) -> torch.Tensor:
     """The fixed colour of each variate, ``[N, 3]``."""
-    return torch.tensor([PALETTE[i % len(PALETTE)] for i in range(n_variates)])
+    return torch.from_numpy(line_raster.variate_colors(n_variates))
 
 
 def y_limits(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,78 +83,21 @@ def _coverage(values: torch.Tensor, image_size: int, line_width: float) -> torch
     return (line_width / 2 + 0.5 - dist).clamp_(0.0, 1.0)
 
 
-_CPU_KERNEL = None
-
-
-def _cpu_kernel():
-    """The CPU rasteriser kernel, compiled on first use (about a second)."""
-    global _CPU_KERNEL
-    if _CPU_KERNEL is None:
-        import numba
-
-        @numba.njit(parallel=True, nogil=True, cache=False)
-        def draw_kernel(values, image_size, line_width, colors, out):  # pragma: no cover
-            n_series, t = values.shape
-            s = image_size
-            radius = line_width / 2 + 0.5
-            radius2 = radius * radius
-            dx = s / (t - 1)
-            for m in numba.prange(n_series):
-                series = values[m]
-                lo, hi = series.min(), series.max()
-                span = max(hi - lo, MIN_Y_RANGE)
-                ylo = (hi + lo) / 2 - span * (0.5 + Y_MARGIN)
-                height = span * (1.0 + 2 * Y_MARGIN)
-                image = out[m]
-                image[:] = 1.0  # white
-                ink = 1.0 - colors[m]
-                for k in range(t - 1):
-                    ax, bx = k * dx, (k + 1) * dx
-                    ay = (1.0 - (series[k] - ylo) / height) * s
-                    by = (1.0 - (series[k + 1] - ylo) / height) * s
-                    ex, ey = bx - ax, by - ay
-                    inv_len2 = 1.0 / max(ex * ex + ey * ey, 1e-12)
-                    # Pixels whose centre (j + .5, i + .5) lies in the segment's box +- radius.
-                    j0 = max(0, int(np.ceil(min(ax, bx) - radius - 0.5)))
-                    j1 = min(s - 1, int(np.floor(max(ax, bx) + radius - 0.5)))
-                    i0 = max(0, int(np.ceil(min(ay, by) - radius - 0.5)))
-                    i1 = min(s - 1, int(np.floor(max(ay, by) + radius - 0.5)))
-                    for i in range(i0, i1 + 1):
-                        py = i + 0.5 - ay
-                        for j in range(j0, j1 + 1):
-                            px = j + 0.5 - ax
-                            h = min(max((px * ex + py * ey) * inv_len2, 0.0), 1.0)
-                            qx, qy = px - h * ex, py - h * ey
-                            dist2 = qx * qx + qy * qy
-                            if dist2 < radius2:  # skips the sqrt for the many blank pixels
-                                cover = min(radius - np.sqrt(dist2), 1.0)
-                                # Pixel = 1 - coverage * (1 - colour) falls as coverage grows,
-                                # so the minimum keeps the nearest segment's coverage.
-                                for c in range(3):
-                                    image[c, i, j] = min(image[c, i, j], 1.0 - cover * ink[c])
-
-        _CPU_KERNEL = draw_kernel
-    return _CPU_KERNEL
-
-
 def _draw_cpu(
     values: torch.Tensor, colors: torch.Tensor, image_size: int, line_width: float
 ) -> torch.Tensor:
     """Series ``[M, T]`` in colours ``[M, 3]`` -> RGB images ``[M, 3, S, S]`` by the compiled
-    CPU kernel, on as many threads as torch uses."""
-    import numba
-
-    out = np.empty((values.shape[0], 3, image_size, image_size), dtype=np.float32)
-    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
-    numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
+    CPU kernel (:mod:`timesclip_darts.line_raster`), on as many threads as torch uses."""
+    torch_threads = torch.get_num_threads()
     try:
-        _cpu_kernel()(values.numpy(), image_size, float(line_width), colors.numpy(), out)
+        images = line_raster.draw_lines(
+            values.numpy(), colors.numpy(), image_size, line_width, threads=torch_threads
+        )
     finally:
-        numba.set_num_threads(numba_threads)
         # numba's OpenMP layer shares torch's thread pool setting: restoring numba's count
         # would otherwise leave torch on it (a user's torch.set_num_threads(1) silently undone).
         torch.set_num_threads(torch_threads)
-    return torch.from_numpy(out)
+    return torch.from_numpy(images)
 
 
 def render_windows(
@@ -182,7 +110,8 @@ def render_windows(
 
     Pixel values are in [0, 1]. Runs on the input's device; the images are float32 whatever
     the input dtype. ``backend``: ``"torch"`` (the dense field, any device), ``"cpu-kernel"``
-    (the compiled kernel, CPU tensors) or ``"auto"`` (the kernel on CPU, torch elsewhere).
+    (the compiled kernel, CPU tensors) or ``"auto"`` (the kernel on CPU, torch elsewhere and
+    while a graph is exported, which cannot trace the kernel).
     """
     b, t, n = x_norm.shape
     if t < 2:
@@ -195,7 +124,10 @@ def render_windows(
     on_cpu = values.device.type == "cpu"
     if backend == "cpu-kernel" and not on_cpu:
         raise ValueError(f"the cpu-kernel backend needs CPU tensors, got {values.device}")
-    if backend == "cpu-kernel" or (backend == "auto" and on_cpu):
+    # Exports trace the dense torch field: torch.export (under `torch.onnx.export(dynamo=True)`,
+    # hence Darts' `to_onnx`) cannot trace into numba code.
+    exporting = torch.compiler.is_exporting()
+    if backend == "cpu-kernel" or (backend == "auto" and on_cpu and not exporting):
         images = _draw_cpu(values.contiguous(), colors, image_size, line_width)
     else:
         chunk = max(1, _MAX_ELEMENTS_PER_CHUNK // (image_size * image_size))
