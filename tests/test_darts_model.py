@@ -325,11 +325,6 @@ def test_quiet_by_default_and_writes_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_darts_to_onnx_points_to_the_export_step(fitted: TimesCLIPModel) -> None:
-    with pytest.raises(NotImplementedError, match="timesclip-darts export"):
-        fitted.to_onnx("model.onnx")
-
-
 def test_unsupported_likelihood_is_refused() -> None:
     from darts.utils.likelihood_models import PoissonLikelihood
 

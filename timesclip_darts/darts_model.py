@@ -16,7 +16,10 @@ under ``@io_processor``, and a model class that reads sizes from the first train
   Darts' ``RINorm`` (affine unless ``{"affine": False}``), scales included;
 - the module stores a :class:`TimesCLIPConfig` (with the CLIP towers' configs), so a saved model
   loads without the CLIP source it was trained from; the pretrained tower weights are copied in
-  once, when the module is first created.
+  once, when the module is first created;
+- ``to_onnx`` is Darts' own, one graph with the rasteriser inside, for Darts'
+  ``run_onnx_prediction``; with a likelihood the graph outputs the parameters
+  ``predict(predict_likelihood_parameters=True)`` returns (Darts' other models: the raw output).
 """
 
 from __future__ import annotations
@@ -54,8 +57,12 @@ from timesclip_darts.config import (
 )
 from timesclip_darts.data import check_values
 from timesclip_darts.likelihoods import UnsupportedLikelihoodError, likelihood_row
-from timesclip_darts.quiet import quiet_lightning
+from timesclip_darts.quiet import quiet_lightning, quiet_onnx_export
 from timesclip_darts.timesclip import TimesCLIP
+
+
+class OnnxExportError(ValueError):
+    """A model Darts' ``to_onnx`` would write a graph for that ONNX Runtime cannot run."""
 
 
 class ModelFileError(ValueError):
@@ -252,6 +259,23 @@ class TimesCLIPModel(PastCovariatesTorchModel):
         with quiet_lightning():
             return super().predict_from_dataset(*args, **kwargs)
 
+    # ---------------------------------------------------------------------------------- onnx
+    # Darts' own `to_onnx`: one graph, the rasteriser included (it traces as its dense torch
+    # field), for `darts.utils.onnx.run_onnx_prediction`; `_TimesCLIPModule._onnx_wrapper`
+    # makes a likelihood's graph output its parameters. Quiet: no exporter notes, and no
+    # progress prints unless `verbose=True`. A float64 model is refused: its graph would not load
+    # in ONNX Runtime's CPU provider, which has no float64 Conv (the ViT's patch embedding).
+    def to_onnx(self, *args: Any, **kwargs: Any) -> None:
+        if self.model is not None and self.model.dtype != torch.float32:
+            raise OnnxExportError(
+                f"to_onnx needs a float32 model, this one is {self.model.dtype}: ONNX Runtime's "
+                "CPU provider has no float64 Conv (the ViT's patch embedding); fit on "
+                "series.astype(numpy.float32)"
+            )
+        kwargs.setdefault("verbose", False)
+        with quiet_lightning(), quiet_onnx_export():
+            return super().to_onnx(*args, **kwargs)
+
     # ---------------------------------------------------------------------------- save, load
     def save(self, path: str | None = None, **kwargs: Any) -> None:
         """Darts' ``save``, made atomic: both files are written into a temporary folder beside
@@ -296,15 +320,6 @@ class TimesCLIPModel(PastCovariatesTorchModel):
             raise ModelFileError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
         model._loaded_weights = str(Path(f"{path}.ckpt").resolve())
         return model
-
-    # ---------------------------------------------------------------------------------- onnx
-    def to_onnx(self, path: str | None = None, **kwargs: Any) -> None:
-        raise NotImplementedError(
-            "TimesCLIPModel cannot go through Darts' single-graph `to_onnx()`: its vision path "
-            "renders images and runs a frozen ViT in torch. Use the project's export step "
-            "instead (`timesclip-darts export MODEL_PATH OUT_DIR`), which writes the text and "
-            "fusion ONNX graphs plus the torch vision path."
-        )
 
 
 class _TimesCLIPModule(PLForecastingModule):
@@ -355,6 +370,17 @@ class _TimesCLIPModule(PLForecastingModule):
             params = torch.cat([params[..., :1], scale, params[..., 2:]], dim=-1)
         return PLModuleOutput(prediction=params, state=out.contrastive_loss)
 
+    # ---------------------------------------------------------------------------------- onnx
+    def _onnx_wrapper(self, *args: Any, **kwargs: Any):
+        """Darts' export wrapper; with a likelihood, the graph ends in Darts' own
+        ``predict_likelihood_parameters``, so that ``run_onnx_prediction`` returns what
+        ``predict(..., predict_likelihood_parameters=True)`` does (Darts exports the raw output,
+        whose scale parameters are before the softplus)."""
+        bundle = super()._onnx_wrapper(*args, **kwargs)
+        if self.likelihood is not None:
+            bundle.wrapper = _LikelihoodParameters(bundle.wrapper, self.likelihood)
+        return bundle
+
     def _train_val_step(self, batch, stage: ModuleStage, criterion, metrics) -> torch.Tensor:
         output = self(batch.to_module_input(stage=stage))
         loss = self._compute_loss(output, batch.future_target, criterion, batch.sample_weight)
@@ -384,6 +410,18 @@ class _TimesCLIPModule(PLForecastingModule):
         if not epochs or epochs < 0:
             return 1
         return max(1, epochs - trainer.current_epoch)
+
+
+class _LikelihoodParameters(nn.Module):
+    """Darts' export wrapper followed by ``likelihood.predict_likelihood_parameters``."""
+
+    def __init__(self, wrapper: nn.Module, likelihood: Any) -> None:
+        super().__init__()
+        self.wrapper = wrapper
+        self.likelihood = likelihood
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.likelihood.predict_likelihood_parameters(self.wrapper(*tensors))
 
 
 class _OverParameterGroups:
