@@ -318,9 +318,10 @@ def test_gpu_benchmark_smoke_on_cpu_records_what_it_skips(
     assert result["rasteriser_parity"] == no_cuda and result["config"]["device"] == "cpu"
     parity = {(r["placement"], r["vision_dtype"]): r for r in result["runtime_parity"]["tiny"]}
     assert set(parity) == {("cpu", d) for d in ("float32", "float16", "bfloat16")} | {
-        ("mixed (forced)", "float32")
+        ("mixed (forced)", "float32"),
+        ("vision onnx", "float32"),
     }
-    for placement in ("cpu", "mixed (forced)"):
+    for placement in ("cpu", "mixed (forced)", "vision onnx"):
         assert parity[(placement, "float32")]["max_abs_diff_vs_darts"] < 1e-4
     assert parity[("mixed (forced)", "float32")]["mode"] == "mixed"
     assert 0 < parity[("cpu", "float16")]["max_abs_diff_vs_fp32"] < 5e-3  # autocast is on
@@ -333,9 +334,14 @@ def test_gpu_benchmark_smoke_on_cpu_records_what_it_skips(
     (speed,) = result["speed"]["tiny"]
     assert speed["darts_fp32_windows_per_s"] > 0 and speed["runtime_float32_windows_per_s"] > 0
     assert speed["runtime_float32_max_abs_diff_vs_darts"] < 1e-4
-    assert result["vit"]["tiny"]["bfloat16_images_per_s"] > 0
-    stream = result["streaming"]["tiny"]
-    assert 0 < stream["p50_ms"] <= stream["p99_ms"] and stream["max_abs_diff_vs_rolling"] < 1e-5
+    assert speed["runtime_onnx_float32_max_abs_diff_vs_darts"] < 1e-4
+    vit = result["vit"]["tiny"]
+    assert vit["bfloat16_images_per_s"] > 0 and vit["onnx_float32_images_per_s"] > 0
+    assert vit["onnx_provider"] == "CPUExecutionProvider" and vit["onnx_max_abs_diff"] < 1e-4
+    for key in ("tiny", "tiny, vision onnx"):
+        stream = result["streaming"][key]
+        assert 0 < stream["p50_ms"] <= stream["p99_ms"]
+        assert stream["max_abs_diff_vs_rolling"] < 1e-5
     training = result["training"]["tiny"]
     assert training["forecasts_equal"] and set(training["runs"]) == {"no cache", "cache"}
     for run in training["runs"].values():

@@ -144,16 +144,18 @@ def test_mixed_data_flow_gives_the_cpu_forecasts(tiny_bundle: Path, etth1_splits
     values = etth1_splits.test.values()[:250].astype(np.float32)
     split = Placement("cpu", "cpu", "forced for a test", split=True)
     for apply_scaler in (False, True):
-        plain = RollingForecaster(tiny_bundle, batch_size=64, apply_scaler=apply_scaler)
+        plain = RollingForecaster(
+            tiny_bundle, vision="torch", batch_size=64, apply_scaler=apply_scaler
+        )
         mixed = RollingForecaster(
             tiny_bundle, device=split, batch_size=64, apply_scaler=apply_scaler
         )
         expected = plain.rolling(values)
         out = mixed.rolling(values)  # 155 windows: two full batches of 64 and one of 27
         np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
-        buffers = mixed._buffers[64]
+        buffers = mixed._engine._buffers[64]
         assert buffers.vision_x is not buffers.x and buffers.vision_features is not buffers.features
-        same = plain._buffers[64]
+        same = plain._engine._buffers[64]
         assert same.vision_x is same.x and same.vision_features is same.features
     streamed = np.concatenate([mixed.update(values[i : i + 50]) for i in range(0, 250, 50)])
     np.testing.assert_allclose(streamed, expected, rtol=0, atol=1e-6)

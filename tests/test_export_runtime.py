@@ -98,11 +98,13 @@ def test_manifest_describes_the_model_files_and_graphs(bundle: Path, splits) -> 
     np.testing.assert_allclose(manifest["scaler"]["mean"], fitted.mean_, rtol=1e-12)
     np.testing.assert_allclose(manifest["scaler"]["scale"], fitted.scale_, rtol=1e-12)
     assert manifest["dtypes"]["input"] == "float32" and manifest["onnx"]["opset"] == 18
-    # vision.pt2 is the ViT alone; the runtime draws 32-px images with 1-px lines (tiny preset).
+    # vision.pt2 and vision.onnx are the ViT alone; the runtime draws 32-px images with 1-px
+    # lines (tiny preset).
     renderer = manifest["vision"]["renderer"]
-    assert renderer["module"] == "timesclip_darts.rendering" and renderer["version"] == 1
+    assert renderer["module"] == "timesclip_darts.line_raster" and renderer["version"] == 1
     assert (renderer["image_size"], renderer["line_width"]) == (32, 1.0)
-    files = {"vision.pt2", "text.onnx", "fusion.onnx", "text.opt.onnx", "fusion.opt.onnx"}
+    graphs = ("vision", "text", "fusion")
+    files = {"vision.pt2"} | {f"{g}.onnx" for g in graphs} | {f"{g}.opt.onnx" for g in graphs}
     assert set(manifest["files"]) == files
     assert {p.name for p in bundle.iterdir()} == files | {"manifest.json", "manifest.sig"}
     assert manifest["signature"]["file"] == "manifest.sig"  # exported with --sign (conftest)
@@ -112,6 +114,11 @@ def test_manifest_describes_the_model_files_and_graphs(bundle: Path, splits) -> 
     text_ops = manifest["onnx"]["optimized"]["text"]["fused_operators"]
     assert text_ops["Attention"] == 4 and text_ops["QuickGelu"] == 4
     assert text_ops["SkipLayerNormalization"] >= 4
+    # Two ViT layers: 2 fused attentions; every exported piece within the export tolerance.
+    vision_ops = manifest["onnx"]["optimized"]["vision"]["fused_operators"]
+    assert vision_ops["Attention"] == 2 and vision_ops["QuickGelu"] == 2
+    assert all(error <= 1e-4 for error in manifest["export_max_abs_error"].values())
+    assert set(manifest["export_max_abs_error"]) == files
     assert "SkipLayerNormalization" in manifest["onnx"]["optimized"]["fusion"]["fused_operators"]
     assert max(manifest["export_max_abs_error"].values()) < 1e-4
     versions = manifest["versions"]
@@ -266,10 +273,13 @@ def test_cuda_is_refused_clearly_where_there_is_none(bundle: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(DeviceError, match="torch sees no CUDA device"):
-        RollingForecaster(bundle, device="cuda")
-    forecaster = RollingForecaster(bundle, device="auto")
-    assert forecaster.device.type == "cpu"
-    assert "CUDA not used: torch sees no CUDA device" in forecaster.describe()
+        RollingForecaster(bundle, vision="torch", device="cuda")
+    with pytest.raises(DeviceError, match="onnxruntime has no CUDAExecutionProvider"):
+        RollingForecaster(bundle, vision="onnx", device="cuda")
+    for vision, reason in (("torch", "torch sees no CUDA device"), ("onnx", "onnxruntime has no")):
+        forecaster = RollingForecaster(bundle, vision=vision, device="auto")
+        assert forecaster.placement.vision_device == forecaster.placement.graph_device == "cpu"
+        assert f"CUDA not used: {reason}" in forecaster.describe()
 
 
 # ------------------------------------------------------------------------------ damaged bundles
@@ -326,7 +336,15 @@ def test_damaged_bundles_are_refused(bundle: Path, tmp_path: Path, damage, error
     folder = _copy(bundle, tmp_path)
     damage(folder)
     with pytest.raises(error, match=message):
-        RollingForecaster(folder)
+        RollingForecaster(folder, vision="torch")
+
+
+def test_the_onnx_vision_path_needs_no_matching_torch(bundle: Path, tmp_path: Path) -> None:
+    """vision.pt2 is bound to the exporter's torch release; the ONNX path never loads it."""
+    folder = _copy(bundle, tmp_path)
+    _edit_manifest(folder, lambda m: m["versions"].update(torch="1.13.1"))
+    assert RollingForecaster(folder, vision="onnx").vision == "onnx"
+    assert RollingForecaster(folder, device="cpu").vision == "onnx"  # auto on CPU
 
 
 def test_version_mismatch_can_be_allowed_with_a_warning(bundle: Path, tmp_path: Path) -> None:
@@ -510,11 +528,10 @@ def test_the_runtime_imports_no_darts_lightning_transformers_or_matplotlib(bundl
     light_modules = [
         "timesclip_darts",
         "timesclip_darts.checks",
-        "timesclip_darts.preprocessor",
-        "timesclip_darts.rendering",
+        "timesclip_darts.line_raster",
         "timesclip_darts.scaling",
     ]
-    assert light == str(light_modules)
+    assert light == str(light_modules)  # the ONNX vision path (auto on CPU): no torch module
 
 
 # ------------------------------------------------------------------------------ benchmark
@@ -532,10 +549,16 @@ def test_benchmark_smoke_run_writes_ratios_and_latencies(
     result = json.loads(out.read_text())
     rows = {row["path"]: row for row in result["throughput"]}
     assert "Darts historical_forecasts" in rows  # speed itself is a benchmark figure, not a test
-    for path in ("runtime, optimised graphs", "runtime, plain graphs"):
-        assert rows[path]["max_abs_diff_vs_darts"] < 1e-4
-    stream = result["streaming"]["cpu"]
-    assert 0 < stream["p50_ms"] <= stream["p99_ms"] and stream["max_abs_diff_vs_rolling"] < 1e-5
+    for vision in ("onnx", "torch"):
+        for kind in ("optimised", "plain"):
+            row = rows[f"runtime, {kind} graphs, vision {vision}"]
+            assert row["max_abs_diff_vs_darts"] < 1e-4
+        stream = result["streaming"][f"cpu, vision {vision}"]
+        assert 0 < stream["p50_ms"] <= stream["p99_ms"]
+        assert stream["max_abs_diff_vs_rolling"] < 1e-5
     assert result["darts_streaming"]["cpu"]["p50_ms"] > 0
+    (vit,) = result["vit"]  # the smoke run times the tiny ViT alone at one batch size
+    assert vit["torch_images_per_s"] > 0 and vit["onnx_images_per_s"] > 0
+    assert vit["max_abs_diff"] < 1e-4
     printed = capsys.readouterr().out
-    assert "vs Darts" in printed and "streaming update, 1 row, cpu: p50" in printed
+    assert "vs Darts" in printed and "streaming update, 1 row, cpu, vision onnx: p50" in printed

@@ -288,13 +288,13 @@ def test_windows_of_all_streams_share_device_calls(forecaster, rows, monkeypatch
     values, _ = rows
     pool = StreamPool(forecaster, batch_size=5)
     sizes: list[int] = []
-    run_batch = forecaster._run_batch
+    run_batch = forecaster._engine._run_batch
 
-    def counting(windows, vision_windows):
+    def counting(windows, *vision_windows):
         sizes.append(windows.shape[0])
-        return run_batch(windows, vision_windows)
+        return run_batch(windows, *vision_windows)
 
-    monkeypatch.setattr(forecaster, "_run_batch", counting)
+    monkeypatch.setattr(forecaster._engine, "_run_batch", counting)
     streams = [f"sensor-{i}" for i in range(12)]
     pool.update({s: values[i * 100 : i * 100 + ICL - 1] for i, s in enumerate(streams)})
     assert sizes == []  # no window is complete yet

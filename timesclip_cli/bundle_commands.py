@@ -64,6 +64,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     stream.add_argument("--output", default=None, help="file (default: standard output)")
     stream.add_argument("--time-col", default=None, help="time column (default: the first)")
     stream.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    _add_vision_argument(stream)
     stream.add_argument(
         "--quantiles",
         nargs="+",
@@ -156,6 +157,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     quantiles = parse_quantiles(args.quantiles) if args.quantiles is not None else []
     forecaster = RollingForecaster(
         args.bundle,
+        vision=args.vision,
         device=args.device,
         optimized=not args.plain,
         vision_dtype=args.vision_dtype,
@@ -264,6 +266,7 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> None:
         "--snapshot-every", type=float, default=60.0, help="seconds between snapshots (60)"
     )
     serve.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+    _add_vision_argument(serve)
     serve.add_argument("--batch-size", type=int, default=256, help="windows per device call")
     serve.add_argument(
         "--batch-wait-ms", type=float, default=1.0, help="how long a batch waits to fill (1 ms)"
@@ -305,6 +308,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         snapshot_dir=args.snapshot_dir,
         snapshot_every=args.snapshot_every,
         device=args.device,
+        vision=args.vision,
         batch_size=args.batch_size,
         batch_wait_ms=args.batch_wait_ms,
         metrics_port=args.metrics_port,
@@ -312,3 +316,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
     )
     return run_server(config)
+
+
+def _add_vision_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--vision",
+        choices=["auto", "torch", "onnx"],
+        default="auto",
+        help="the ViT's path: onnx (vision.onnx in onnxruntime, no torch needed), torch "
+        "(vision.pt2) or auto (default: torch where torch sees CUDA, onnx elsewhere)",
+    )

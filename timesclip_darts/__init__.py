@@ -1,7 +1,8 @@
 """TimesCLIP forecasting as a Darts model.
 
-Imports are lazy: ``timesclip_darts.rendering`` and friends need only torch, so the deployment
-runtime can use them without pulling in Darts, Lightning or transformers.
+Imports are lazy: the light modules (``line_raster``, ``checks``, ``scaling``, ``likelihoods``,
+``atomic_files``) need only numpy, numba and the standard library, so the deployment runtime uses
+them without torch; the model needs the ``model`` extra (torch, transformers, Darts).
 """
 
 from __future__ import annotations
@@ -25,4 +26,13 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'timesclip_darts' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+    try:
+        module = importlib.import_module(_EXPORTS[name])
+    except ModuleNotFoundError as err:
+        if err.name and err.name.split(".")[0] in ("torch", "transformers", "darts"):
+            raise ImportError(
+                f"timesclip_darts.{name} needs {err.name}, which is not installed: "
+                'pip install "timesclip-darts[model,cpu]"'
+            ) from err
+        raise
+    return getattr(module, name)

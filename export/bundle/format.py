@@ -4,16 +4,20 @@ Writing one from a trained ``TimesCLIPModel`` is :mod:`timesclip_export.exporter
 A bundle is a folder::
 
     manifest.json     what the model is, how the files were made, a sha256 for every file
-    vision.pt2        torch.export program: the frozen ViT (pixels -> features); the runtime
-                      draws the pixels with timesclip_darts.rendering (version in the manifest)
+    vision.pt2        torch.export program: the frozen ViT (pixels -> features), torch path
+    vision.onnx       the same ViT as an ONNX graph: the torch-free path
     text.onnx         language branch (x -> CLS, patch and variate tokens, norm statistics)
     fusion.onnx       projection, selection, generator, de-normalisation (-> forecast)
-    text.opt.onnx     the same graphs after ONNX Runtime's transformer optimizer
+    vision.opt.onnx   the ONNX graphs after ONNX Runtime's transformer optimizer
+    text.opt.onnx
     fusion.opt.onnx
     manifest.sig      optional: Ed25519 signature of manifest.json (:mod:`.signing`)
 
-Reading needs only the standard library, numpy and torch (the runtime adds onnxruntime, and
-``cryptography`` when a trusted key is given); writing imports Darts and the model package.
+The runtime draws the ViT's pixels with ``timesclip_darts.line_raster`` (its version is in the
+manifest). Reading needs only the standard library and numpy (the runtime adds onnxruntime,
+torch for ``vision.pt2``, and ``cryptography`` when a trusted key is given); writing imports
+Darts and the model package. Format 2 bundles (no ``vision.onnx``) still load, for the torch
+vision path.
 """
 
 from __future__ import annotations
@@ -33,15 +37,21 @@ from timesclip_export.bundle.signing import SIGNATURE
 from timesclip_export.errors import BundleError, BundleVersionError
 
 FORMAT = "timesclip-darts-bundle"
-FORMAT_VERSION = 2  # 2: vision.pt2 holds the ViT alone; the runtime draws the images
+FORMAT_VERSION = 3  # 3: adds vision.onnx (and vision.opt.onnx)
+# Versions this runtime reads: 2 (vision.pt2 alone: the torch vision path only) and 3.
+READABLE_VERSIONS = (2, 3)
 MANIFEST = "manifest.json"
 VISION_FILE = "vision.pt2"
-GRAPH_FILES = {"text": "text.onnx", "fusion": "fusion.onnx"}
-OPTIMIZED_FILES = {"text": "text.opt.onnx", "fusion": "fusion.opt.onnx"}
+GRAPH_FILES = {"vision": "vision.onnx", "text": "text.onnx", "fusion": "fusion.onnx"}
+OPTIMIZED_FILES = {
+    "vision": "vision.opt.onnx",
+    "text": "text.opt.onnx",
+    "fusion": "fusion.opt.onnx",
+}
 # First onnxruntime release that runs each ONNX opset.
 _ORT_FOR_OPSET = {18: "1.14", 19: "1.16", 20: "1.17", 21: "1.20", 22: "1.20", 23: "1.22"}
 # The rasteriser whose pixels the ViT saw; its version is recorded and checked at load.
-RENDER_MODULE = "timesclip_darts.rendering"
+RENDER_MODULE = "timesclip_darts.line_raster"
 _VERSIONED = ("torch", "onnx", "onnxruntime", "transformers", "darts", "numpy", "timesclip-darts")
 
 
@@ -71,10 +81,10 @@ def library_versions() -> dict[str, str | None]:
 
 
 def renderer_version() -> int:
-    """Version of the installed rasteriser's pixels (``rendering.RENDERER_VERSION``)."""
-    from timesclip_darts import rendering
+    """Version of the installed rasteriser's pixels (``line_raster.RENDERER_VERSION``)."""
+    from timesclip_darts import line_raster
 
-    return int(rendering.RENDERER_VERSION)
+    return int(line_raster.RENDERER_VERSION)
 
 
 def _release(version: str | None) -> tuple[int, ...]:
@@ -108,12 +118,17 @@ def read_manifest(bundle: str | Path, trusted_key: str | Path | bytes | None = N
         raise BundleError(f"{path} is not valid JSON ({err})") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path} is not a timesclip-darts bundle manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise BundleVersionError(
             f"bundle format version {manifest.get('format_version')} in {path}; this runtime "
-            f"reads version {FORMAT_VERSION}: re-export the model with this version"
+            f"reads versions {list(READABLE_VERSIONS)}: re-export the model with this version"
         )
     return manifest
+
+
+def has_onnx_vision(manifest: dict) -> bool:
+    """Whether the bundle holds the ViT as an ONNX graph (format 3 on)."""
+    return "vision" in (manifest.get("onnx", {}).get("graphs") or {})
 
 
 def verify_files(bundle: str | Path, manifest: dict) -> None:
@@ -139,14 +154,17 @@ def verify_files(bundle: str | Path, manifest: dict) -> None:
             )
 
 
-def check_versions(manifest: dict, optimized: bool, allow_mismatch: bool = False) -> list[str]:
+def check_versions(
+    manifest: dict, optimized: bool, allow_mismatch: bool = False, vision: str = "torch"
+) -> list[str]:
     """Compare the exporter's library versions with this machine's; mismatches that can change
     results raise ``BundleVersionError`` (or only warn with ``allow_mismatch``). Returns the
-    problems found."""
+    problems found. ``vision``: the path that will run, ``"torch"`` (``vision.pt2``, which
+    needs the exporter's torch release) or ``"onnx"``."""
     written = manifest.get("versions", {})
     here = library_versions()
     problems = []
-    if _release(written.get("torch")) != _release(here["torch"]):
+    if vision == "torch" and _release(written.get("torch")) != _release(here["torch"]):
         problems.append(
             f"vision.pt2 was written by torch {written.get('torch')} and this is torch "
             f"{here['torch']}: torch.export programs are only guaranteed within one release"

@@ -8,9 +8,10 @@ the trained model's code and nothing written twice:
   CLIP text encoder. It also outputs the normalisation statistics, which the fusion graph needs.
 - :class:`FusionGraph` -> ``fusion.onnx``: vision projection, variate selection, generator and the
   per-window de-normalisation, ending in Darts' layout and Darts' likelihood parameters.
-- :class:`ViTGraph` -> ``vision.pt2``: the frozen ViT on CLIP-normalised pixels, as a
-  ``torch.export`` program (see :func:`export_vision`); the runtime draws the pixels with the
-  library's rasteriser (:mod:`timesclip_export.runtime.vision`).
+- :class:`ViTGraph` -> ``vision.pt2`` and ``vision.onnx``: the frozen ViT on CLIP-normalised
+  pixels, as a ``torch.export`` program (:func:`export_vision`, the torch vision path) and as an
+  ONNX graph (:func:`export_vision_onnx`, the torch-free one); the runtime draws the pixels with
+  the library's rasteriser (:mod:`timesclip_export.runtime.vision`).
 
 Exporter choice (measured with torch 2.13, onnxscript 0.7, onnxruntime 1.32):
 
@@ -24,6 +25,9 @@ Exporter choice (measured with torch 2.13, onnxscript 0.7, onnxruntime 1.32):
   standard ``Attention`` op, but the optimizer's symbolic shape inference fails on that graph, so
   no ``SkipLayerNormalization`` is formed, and the contrib ``Attention`` kernel is the one with
   the longest CPU and CUDA support. Hence eager + opset 18.
+- The ViT's ONNX graph is exported the same way (eager attention, opset 18): the optimizer then
+  fuses each of its layers too (``Attention``, ``SkipLayerNormalization``, ``QuickGelu``).
+  ``vision.pt2`` keeps the backbone's own attention (SDPA), the fast one in torch.
 - The optimizer runs at ``opt_level=1`` (provider-independent rewrites only), so the optimised
   graphs run on the CPU and the CUDA execution providers alike.
 """
@@ -44,6 +48,8 @@ from torch import nn
 
 DEFAULT_OPSET = 18
 SUPPORTED_OPSETS = range(18, 24)
+VISION_INPUTS = ("pixels",)
+VISION_OUTPUTS = ("features",)
 TEXT_INPUTS = ("x",)
 TEXT_OUTPUTS = ("cls", "patch_tokens", "variate_tokens", "mean", "std")
 FUSION_INPUTS = ("vision_features", "cls", "patch_tokens", "variate_tokens", "mean", "std")
@@ -193,22 +199,35 @@ def _batch_dim() -> torch.export.Dim:
     return torch.export.Dim("batch", min=1, max=1 << 20)
 
 
-def export_text(core: nn.Module, path: Path, example: torch.Tensor, opset: int) -> None:
-    """Write ``text.onnx`` (dynamo exporter, dynamic batch)."""
+def _export_onnx(
+    module: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    path: Path,
+    opset: int,
+    input_names: tuple[str, ...],
+    output_names: tuple[str, ...],
+) -> None:
+    """Write ``module`` as an ONNX graph: dynamo exporter, one dynamic batch axis shared by every
+    input, weights inside the file."""
     batch = _batch_dim()
     with quiet(), torch.no_grad():
         torch.onnx.export(
-            TextGraph(core).eval(),
-            (example,),
+            module.eval(),
+            inputs,
             str(path),
             dynamo=True,
             opset_version=opset,
-            input_names=list(TEXT_INPUTS),
-            output_names=list(TEXT_OUTPUTS),
-            dynamic_shapes={"x": {0: batch}},
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_shapes={name: {0: batch} for name in input_names},
             external_data=False,
             verbose=False,
         )
+
+
+def export_text(core: nn.Module, path: Path, example: torch.Tensor, opset: int) -> None:
+    """Write ``text.onnx`` (dynamo exporter, dynamic batch)."""
+    _export_onnx(TextGraph(core), (example,), path, opset, TEXT_INPUTS, TEXT_OUTPUTS)
 
 
 def fusion_example(core: nn.Module, example: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -226,21 +245,8 @@ def export_fusion(
     opset: int,
 ) -> None:
     """Write ``fusion.onnx`` (dynamo exporter, dynamic batch)."""
-    batch = _batch_dim()
-    names = ("vision_features", "cls", "patch_tokens", "variate_tokens", "mean", "std")
-    with quiet(), torch.no_grad():
-        torch.onnx.export(
-            FusionGraph(core, likelihood).eval(),
-            inputs,
-            str(path),
-            dynamo=True,
-            opset_version=opset,
-            input_names=list(FUSION_INPUTS),
-            output_names=list(FUSION_OUTPUTS),
-            dynamic_shapes={name: {0: batch} for name in names},
-            external_data=False,
-            verbose=False,
-        )
+    graph = FusionGraph(core, likelihood)
+    _export_onnx(graph, inputs, path, opset, FUSION_INPUTS, FUSION_OUTPUTS)
 
 
 def export_vision(core: nn.Module, path: Path, example: torch.Tensor) -> None:
@@ -259,6 +265,22 @@ def export_vision(core: nn.Module, path: Path, example: torch.Tensor) -> None:
         )
     program.example_inputs = None  # keep sample data out of the bundle
     torch.export.save(program, str(path))
+
+
+def export_vision_onnx(core: nn.Module, path: Path, example: torch.Tensor, opset: int) -> None:
+    """Write ``vision.onnx``: the frozen ViT as an ONNX graph (dynamo exporter, dynamic batch of
+    images, traced on the images of the ``example`` windows), its attention in eager form for
+    the optimizer to fuse. The backbone's attention setting is restored afterwards."""
+    backbone = core.vision.backbone
+    attention = backbone.config._attn_implementation
+    pixels = vision_pixels(core, example)
+    backbone.set_attn_implementation("eager")
+    try:
+        graph = ViTGraph(core.vision)
+        _export_onnx(graph, (pixels,), path, opset, VISION_INPUTS, VISION_OUTPUTS)
+    finally:
+        if attention is not None:
+            backbone.set_attn_implementation(attention)
 
 
 def optimize_graph(source: Path, target: Path, num_heads: int, hidden_size: int) -> dict[str, int]:

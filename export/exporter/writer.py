@@ -209,7 +209,7 @@ def _model_spec(model: Any, core: Any) -> dict:
 
 
 def _line_width(core: Any) -> float:
-    from timesclip_darts.rendering import default_line_width
+    from timesclip_darts.line_raster import default_line_width
 
     width = core.vision.line_width
     return float(default_line_width(core.image_size) if width is None else width)
@@ -250,7 +250,9 @@ def _write_bundle(
     check = graphs.example_windows(5, spec["input_chunk_length"], spec["n_variates"], seed=1)
     text_config = core.language.text_model.config
 
+    vision_config = core.vision.backbone.config
     graphs.export_vision(core, folder / VISION_FILE, example)
+    graphs.export_vision_onnx(core, folder / GRAPH_FILES["vision"], example, opset)
     graphs.export_text(core, folder / GRAPH_FILES["text"], example, opset)
     graphs.export_fusion(
         core,
@@ -259,30 +261,30 @@ def _write_bundle(
         graphs.fusion_example(core, example),
         opset,
     )
+    heads = {
+        "vision": (vision_config.num_attention_heads, vision_config.hidden_size),
+        "text": (text_config.num_attention_heads, text_config.hidden_size),
+        "fusion": (core.selection.attention.num_heads, spec["d_model"]),
+    }
     fused: dict[str, dict[str, int]] = {}
     if optimize:
-        fused["text"] = graphs.optimize_graph(
-            folder / GRAPH_FILES["text"],
-            folder / OPTIMIZED_FILES["text"],
-            text_config.num_attention_heads,
-            text_config.hidden_size,
-        )
-        fused["fusion"] = graphs.optimize_graph(
-            folder / GRAPH_FILES["fusion"],
-            folder / OPTIMIZED_FILES["fusion"],
-            core.selection.attention.num_heads,
-            spec["d_model"],
-        )
+        for part, (num_heads, hidden_size) in heads.items():
+            fused[part] = graphs.optimize_graph(
+                folder / GRAPH_FILES[part], folder / OPTIMIZED_FILES[part], num_heads, hidden_size
+            )
 
     # Every piece against the torch model on other windows than the traced ones.
     errors: dict[str, float] = {}
     with torch.no_grad():
+        pixels = graphs.vision_pixels(core, check)
         text_ref = graphs.TextGraph(core)(check)
         fusion_in = graphs.fusion_example(core, check)
         fusion_ref = (graphs.FusionGraph(core, model.likelihood)(*fusion_in),)
         vision = window_vision(load_vision_program(folder / VISION_FILE, "cpu"), spec)
         errors[VISION_FILE] = float((vision(check) - fusion_in[0]).abs().max())
+    features_ref = (fusion_in[0].flatten(0, 1),)  # [B*N, F]: one row per image
     pieces = {
+        "vision": (dict(zip(graphs.VISION_INPUTS, (pixels,), strict=True)), features_ref),
         "text": ({"x": check}, text_ref),
         "fusion": (dict(zip(graphs.FUSION_INPUTS, fusion_in, strict=True)), fusion_ref),
     }
@@ -311,6 +313,7 @@ def _write_bundle(
         "vision": {
             "file": VISION_FILE,
             "format": "torch.export (ExportedProgram, torch.export.save)",
+            "onnx_file": GRAPH_FILES["vision"],
             "input": "pixels [images, 3, image_size, image_size] float32, CLIP-normalised",
             "output": "features [images, vision_feature_dim] float32",
             "renderer": {
@@ -324,7 +327,13 @@ def _write_bundle(
             "opset": opset,
             "exporter": "torch.onnx.export(dynamo=True)",
             "text_attention": "eager",
+            "vision_attention": "eager",
             "graphs": {
+                "vision": {
+                    "file": GRAPH_FILES["vision"],
+                    "inputs": list(graphs.VISION_INPUTS),
+                    "outputs": list(graphs.VISION_OUTPUTS),
+                },
                 "text": {
                     "file": GRAPH_FILES["text"],
                     "inputs": list(graphs.TEXT_INPUTS),

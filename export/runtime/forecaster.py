@@ -1,79 +1,47 @@
-"""The deployment runtime: rolling and streaming forecasts from a bundle with torch, numpy,
-onnxruntime and the library's rasteriser (``timesclip_darts.rendering``, numba on CPU) only: no
-Darts, Lightning, transformers or matplotlib.
+"""The deployment runtime: rolling and streaming forecasts from a bundle with numpy, onnxruntime
+and the library's rasteriser (numba) only, plus torch on the torch vision path: no Darts,
+Lightning, transformers or matplotlib.
 
-Per batch of windows, the vision program (torch) and the two ONNX graphs (ONNX Runtime) read and
-write preallocated torch tensors through I/O binding. Where both run on one device (``cpu`` or
-``cuda``), everything stays there: the windows are cut from the series on the device (one
-host-to-device copy per call) and only the final forecasts come back to the host; on CUDA, ONNX
-Runtime runs on torch's current stream (``user_compute_stream``), so the two libraries' kernels
-are ordered without host syncs. Where torch has CUDA and onnxruntime only its CPU provider, the
-placement is **mixed** (:mod:`timesclip_export.runtime.placement`): the rasteriser and the
-ViT run on CUDA into device buffers, the text graph runs on host windows meanwhile, and the
-features are copied to the host once per batch for the fusion graph.
+:class:`RollingForecaster` checks inputs, applies the bundle's scaler and keeps a stream's state;
+an engine turns scaled windows into forecasts. Two engines, one per vision path:
+
+- ``"onnx"`` (:mod:`timesclip_export.runtime.onnx_engine`): the ViT as ``vision.onnx`` in ONNX
+  Runtime; imports no torch, so it runs on a host without it;
+- ``"torch"`` (:mod:`timesclip_export.runtime.torch_engine`): the ViT as ``vision.pt2`` in torch,
+  with the design's GPU placements (CUDA, mixed) and fp16/bf16 autocast.
+
+``vision="auto"`` takes the torch path where torch sees CUDA and the ONNX path elsewhere (on CPU it
+is the faster one, ``benchmarks/README_runtime.md``; without torch the only one), or the torch path
+for bundles that hold no ``vision.onnx`` (format 2).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
-import torch
 from timesclip_export.bundle.format import (
     GRAPH_FILES,
     OPTIMIZED_FILES,
-    VISION_FILE,
     check_versions,
-    load_vision_program,
+    has_onnx_vision,
     read_manifest,
     verify_files,
 )
-from timesclip_export.errors import InputError, TimestampError
-from timesclip_export.runtime.placement import Placement, choose_placement, open_session
-from timesclip_export.runtime.vision import window_vision
+from timesclip_export.errors import BundleVersionError, InputError, TimestampError
+from timesclip_export.runtime.placement import Placement
 
 from timesclip_darts.checks import first_bad_value, timestamp_problem
 from timesclip_darts.scaling import StandardScaling
 
-VISION_DTYPES: dict[str, torch.dtype | None] = {
-    "float32": None,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
-# Pixels per vision call (images x S²). On CPU, slices of ~2^19 pixels keep the ViT's activations
-# cache-friendly: re-measured with the numba rasteriser (1 thread), 64-128 windows per call were
-# fastest for the tiny preset and ~16 for the small one, and whole batches of 256 windows 5-45 %
-# slower. On CUDA the dense torch rasteriser's temporaries are ~20 floats per pixel: 2^24 pixels
-# (~1.3 GB) keep the GPU busy while bounding memory at 224 px.
-_VISION_PIXELS = {"cpu": 1 << 19, "cuda": 1 << 24}
-_CACHED_BATCH_SIZES = 4
+VISION_PATHS = ("auto", "torch", "onnx")
+VISION_DTYPES = ("float32", "float16", "bfloat16")
 # Bound on input magnitudes when a bundle does not state one. Bundles carry the core model's own
 # (``timesclip_darts.preprocessor.MAX_ABS_VALUE``, beyond which float32 window statistics
 # overflow), so the runtime needs no import of the training package for it.
 DEFAULT_MAX_ABS_VALUE = 1e18
-
-
-@dataclass
-class _Buffers:
-    """Preallocated tensors for one batch size and the I/O bindings that point at them.
-
-    ``x``, ``text``, ``features`` and ``forecast`` are the graphs' (on the graph device);
-    ``vision_x`` and ``vision_features`` are the vision half's: the same tensors as ``x`` and
-    ``features`` when both halves share a device, separate ones on the vision device when the
-    placement is split (mixed)."""
-
-    x: torch.Tensor
-    text: dict[str, torch.Tensor]
-    features: torch.Tensor
-    forecast: torch.Tensor
-    text_binding: Any
-    fusion_binding: Any
-    vision_x: torch.Tensor
-    vision_features: torch.Tensor
 
 
 class RollingForecaster:
@@ -81,25 +49,29 @@ class RollingForecaster:
 
     Args:
         bundle: the bundle folder written by ``timesclip-darts export``.
-        device: ``"auto"`` (CUDA when both torch and onnxruntime have it; mixed when only torch
-            has it: rasteriser and ViT on CUDA, graphs on ORT's CPU; else CPU), ``"cpu"``,
-            ``"cuda"`` or ``"cuda:N"`` (mixed too when onnxruntime lacks CUDA), or a
-            :class:`~timesclip_export.runtime.placement.Placement`. :meth:`describe` says what was
-            picked and why.
+        vision: ``"onnx"`` (``vision.onnx`` in ONNX Runtime, no torch needed), ``"torch"``
+            (``vision.pt2`` in torch) or ``"auto"``: torch where torch sees CUDA or an option
+            only it has is asked for (``vision_dtype``, ``compile_vision``, a mixed placement)
+            or the bundle has no ``vision.onnx``; ONNX elsewhere (the faster path on CPU).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``, or a
+            :class:`~timesclip_export.runtime.placement.Placement`. Torch path: CUDA when both
+            torch and onnxruntime have it; mixed when only torch has it (rasteriser and ViT on
+            CUDA, graphs on ORT's CPU); else CPU. ONNX path: ORT's CUDA provider when present,
+            else CPU. :meth:`describe` says what was picked and why.
         optimized: run the ORT-optimised graphs (fused attention/LayerNorm/GELU) or the plain ones.
         batch_size: windows per forward pass in :meth:`rolling` and :meth:`update`.
         vision_batch: windows per call of the vision path within a batch (default: as many as
             fit a pixel budget, smaller on CPU where cache-sized slices are faster).
         vision_dtype: ``"float32"``, or ``"float16"``/``"bfloat16"`` to run the ViT under autocast
-            (the images and the ONNX graphs stay float32).
+            (the images and the ONNX graphs stay float32; torch path).
         apply_scaler: with a scaler in the bundle, scale inputs and inverse-scale forecasts here
             (the default); ``False`` when the inputs are already scaled as in training.
-        compile_vision: run the ViT program through ``torch.compile``. The first call compiles
-            for tens of seconds and needs a C++ compiler on CPU, triton on CUDA; on this
-            project's CPU it no longer pays (the rasteriser, which it used to fuse, is the numba
-            kernel now: ``benchmarks/README_runtime.md``), on CUDA it is untested.
-        onnx_threads: ONNX Runtime's intra-op threads (default: its own, one per core); torch's
-            are set with ``torch.set_num_threads``.
+        compile_vision: run the ViT program through ``torch.compile`` (torch path). The first
+            call compiles for tens of seconds and needs a C++ compiler on CPU, triton on CUDA;
+            on this project's CPU it does not pay (``benchmarks/README_runtime.md``), on CUDA it
+            is untested.
+        onnx_threads: ONNX Runtime's intra-op threads (default: its own, one per core), and the
+            rasteriser's on the ONNX path; torch's are set with ``torch.set_num_threads``.
         verify: check every file's sha256 against the manifest on load.
         allow_version_mismatch: warn instead of failing when the libraries differ from the
             exporter's in a way that can change results.
@@ -121,6 +93,7 @@ class RollingForecaster:
         self,
         bundle: str | Path,
         *,
+        vision: str = "auto",
         device: str | Placement = "auto",
         optimized: bool = True,
         batch_size: int = 256,
@@ -138,13 +111,18 @@ class RollingForecaster:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if vision_dtype not in VISION_DTYPES:
             raise ValueError(f"vision_dtype must be one of {list(VISION_DTYPES)}")
+        if vision not in VISION_PATHS:
+            raise ValueError(f"vision must be one of {list(VISION_PATHS)}, got {vision!r}")
         self.bundle = Path(bundle)
         self.manifest = read_manifest(self.bundle, trusted_key=trusted_key)
         self.signature_checked = trusted_key is not None
         if verify:
             verify_files(self.bundle, self.manifest)
+        self.vision = _vision_path(
+            vision, self.manifest, device, vision_dtype != "float32" or compile_vision
+        )
         optimized = optimized and bool(self.manifest["onnx"].get("optimized"))
-        check_versions(self.manifest, optimized, allow_version_mismatch)
+        check_versions(self.manifest, optimized, allow_version_mismatch, vision=self.vision)
         spec = self.manifest["model"]
         self.input_chunk_length: int = spec["input_chunk_length"]
         self.output_chunk_length: int = spec["output_chunk_length"]
@@ -160,28 +138,33 @@ class RollingForecaster:
         self.batch_size = batch_size
         self.vision_dtype = vision_dtype
         self.onnx_threads = onnx_threads
-
-        self.placement = device if isinstance(device, Placement) else _placement_for(device)
-        self.device = torch.device(self.placement.vision_device)  # windows, rasteriser, ViT
-        self._graph_device = torch.device(self.placement.graph_device)
         files = OPTIMIZED_FILES if optimized else GRAPH_FILES
-        self._text = self._session(self.bundle / files["text"])
-        self._fusion = self._session(self.bundle / files["fusion"])
-        program = load_vision_program(self.bundle / VISION_FILE, str(self.device))
-        if compile_vision:
-            program = torch.compile(program, dynamic=True)
-        self._vision = window_vision(program, spec, VISION_DTYPES[vision_dtype])
-        self.compile_vision = compile_vision
-        pixels = spec["image_size"] ** 2 * len(self.inputs)
-        self.vision_batch = vision_batch or max(1, _VISION_PIXELS[self.device.type] // pixels)
-        self._shapes = {
-            "cls": (len(self.inputs), spec["d_model"]),
-            "patch_tokens": (len(self.inputs), spec["n_patches"], spec["d_model"]),
-            "variate_tokens": (len(self.inputs), spec["d_model"]),
-            "mean": (1, len(self.inputs)),
-            "std": (1, len(self.inputs)),
-        }
-        self._buffers: OrderedDict[int, _Buffers] = OrderedDict()
+        if self.vision == "onnx":
+            from timesclip_export.runtime.onnx_engine import OnnxEngine
+
+            self._engine: Any = OnnxEngine(
+                self.bundle,
+                self.manifest,
+                files,
+                device,
+                vision_batch=vision_batch,
+                onnx_threads=onnx_threads,
+            )
+        else:
+            from timesclip_export.runtime.torch_engine import TorchEngine
+
+            self._engine = TorchEngine(
+                self.bundle,
+                self.manifest,
+                files,
+                device,
+                vision_batch=vision_batch,
+                vision_dtype=vision_dtype,
+                compile_vision=compile_vision,
+                onnx_threads=onnx_threads,
+            )
+        self.placement: Placement = self._engine.placement
+        self.vision_batch: int = self._engine.vision_batch
         self.apply_scaler = apply_scaler and bool(self.manifest.get("scaler"))
         self._set_scaler(self.manifest.get("scaler") if apply_scaler else None, likelihood["kinds"])
         self.reset()
@@ -196,24 +179,13 @@ class RollingForecaster:
         return self.time.get("freq")
 
     def describe(self) -> str:
-        """Where this runs, in words: device, execution provider, graphs, dtype."""
+        """Where this runs, in words: vision path, device, execution provider, graphs."""
         graphs = "optimised" if self.optimized else "plain"
-        compiled = ", compiled" if self.compile_vision else ""
         scaler = "applied" if self.apply_scaler else "not applied"
         signature = "; signature verified" if self.signature_checked else ""
-        provider = self._text.get_providers()[0]
-        gpu = f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else ""
-        mode = self.placement.mode
-        if mode == "mixed":
-            where = (
-                f"mixed: rasteriser and ViT in torch on {self.device}{gpu}, ONNX graphs in "
-                f"onnxruntime {provider} on {self._graph_device}, features copied once per batch"
-            )
-        else:
-            where = f"{mode.upper()}{gpu}: torch on {self.device}, onnxruntime {provider}"
         return (
-            f"{where} ({self.placement.reason}); {graphs} ONNX graphs, vision in "
-            f"{self.vision_dtype}{compiled}; scaler {scaler}{signature}; bundle {self.bundle}"
+            f"{self._engine.describe()}; {graphs} ONNX graphs; scaler {scaler}{signature}; "
+            f"bundle {self.bundle}"
         )
 
     def reset(self) -> None:
@@ -299,7 +271,7 @@ class RollingForecaster:
             if timestamps is None and getattr(values.index.dtype, "kind", "") == "M":
                 timestamps = values.index
             array = values.to_numpy()
-        elif isinstance(values, torch.Tensor):
+        elif hasattr(values, "detach") and hasattr(values, "numpy"):  # a torch tensor
             array = values.detach().cpu().numpy()
         else:
             array = np.asarray(values)
@@ -423,179 +395,76 @@ class RollingForecaster:
     # ------------------------------------------------------------------------ computing
     def _forecast_series(self, series: np.ndarray, stride: int, parameters: bool) -> np.ndarray:
         """Forecasts after every ``stride``-th full window of a validated raw series."""
-        icl = self.input_chunk_length
-        on_graphs, on_vision = self._on_devices(series)
-        windows = on_graphs.unfold(0, icl, stride).transpose(1, 2)  # [W, T, N], a view
-        vision_windows = on_vision.unfold(0, icl, stride).transpose(1, 2)
-        return self._forecast_windows(windows, vision_windows, parameters)
-
-    def _on_devices(self, values: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validated raw float32 values ``[..., N]``, scaled, on the graph device and on the
-        vision device (the same tensor unless the placement is split)."""
-        scaled = torch.from_numpy(values)
-        if self._in_mean is not None:  # on the host, so both halves see the same scaled values
-            scaled = (scaled - self._in_mean) / self._in_scale
-        on_graphs = scaled.to(self._graph_device)
-        return on_graphs, scaled.to(self.device) if self.placement.split else on_graphs
-
-    def _forecast_windows(
-        self,
-        windows: torch.Tensor,
-        vision_windows: torch.Tensor,
-        parameters: bool,
-        batch_size: int | None = None,
-    ) -> np.ndarray:
-        """Forecasts after scaled windows ``[W, T, N]`` (on the graph device, and on the vision
-        device), ``batch_size`` (default :attr:`batch_size`) per :meth:`_run_batch`; shared by
-        :meth:`_forecast_series` and :class:`~timesclip_export.service.stream_pool.StreamPool`."""
-        batch_size = batch_size or self.batch_size
-        n_windows = windows.shape[0]
-        out = torch.empty(
-            (n_windows, self.output_chunk_length, len(self.targets), self.n_parameters),
-            device=self._graph_device,
-        )
-        with torch.inference_mode():
-            for start in range(0, n_windows, batch_size):
-                stop = min(start + batch_size, n_windows)
-                out[start:stop] = self._run_batch(windows[start:stop], vision_windows[start:stop])
-            if self._out_scale is not None:
-                out = out * self._out_scale + self._out_shift
-        result = out.cpu().numpy()
+        out = self._engine.forecast(self._scale_inputs(series), stride, self.batch_size)
+        result = self._unscale_forecasts(out)
         return result if parameters else result[..., self._point_index]
 
-    def _run_batch(self, windows: torch.Tensor, vision_windows: torch.Tensor) -> torch.Tensor:
-        """Scaled windows ``[B, T, N]`` (on the graph device, and on the vision device) ->
-        forecasts ``[B, H, N_t, P]`` (the shared buffer, on the graph device).
+    def _forecast_windows(self, windows: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """Forecasts ``[W, H, N_t, P]`` after validated raw windows ``[W, T, N]``,
+        ``batch_size`` (default :attr:`batch_size`) per engine call; shared with
+        :class:`~timesclip_export.service.stream_pool.StreamPool`."""
+        batch_size = batch_size or self.batch_size
+        out = self._engine.forecast(self._scale_inputs(windows), None, batch_size)
+        return self._unscale_forecasts(out)
 
-        A batch of one goes through the ONNX graphs as two copies of its window: their CPU
-        kernels reduce a batch of one in another order than larger batches (last bits differ;
-        the ViT does not), and with this a window's forecast on CPU is the same whatever batch
-        it is in, so :meth:`update` row by row, :meth:`rolling` and a
-        ``StreamPool`` agree exactly. It costs ~10 % on a single
-        window (tiny preset, CPU): half as much as running the copy through the ViT too."""
-        n = windows.shape[0]
-        if n == 1:
-            windows, vision_windows = windows.expand(2, -1, -1), vision_windows.expand(2, -1, -1)
-        buffers = self._buffers_for(windows.shape[0])
-        buffers.vision_x.copy_(vision_windows)
-        if buffers.x is not buffers.vision_x:
-            buffers.x.copy_(windows)
-        for start in range(0, n, self.vision_batch):
-            stop = min(start + self.vision_batch, n)
-            buffers.vision_features[start:stop] = self._vision(buffers.vision_x[start:stop])
-        if n == 1:
-            buffers.vision_features[1] = buffers.vision_features[0]
-        # Mixed: the ViT's CUDA kernels are queued; the text graph runs on the host meanwhile.
-        self._text.run_with_iobinding(buffers.text_binding)
-        if buffers.features is not buffers.vision_features:
-            buffers.features.copy_(buffers.vision_features)  # device -> host, waits for the GPU
-        self._fusion.run_with_iobinding(buffers.fusion_binding)
-        return buffers.forecast[:n]
+    def _scale_inputs(self, values: np.ndarray) -> np.ndarray:
+        """Raw float32 values ``[..., N]`` -> the model's scaled units (both vision paths see the
+        same scaled values)."""
+        if self._in_mean is None:
+            return values
+        return (values - self._in_mean) / self._in_scale
 
-    def _buffers_for(self, batch: int) -> _Buffers:
-        if batch in self._buffers:
-            self._buffers.move_to_end(batch)
-            return self._buffers[batch]
-
-        # Host buffers that receive copies from CUDA are page-locked (faster, truly async).
-        pin = self.placement.split and self.device.type == "cuda"
-
-        def empty(*shape: int, device: torch.device = self._graph_device) -> torch.Tensor:
-            pinned = pin and device.type == "cpu"
-            return torch.empty(shape, dtype=torch.float32, device=device, pin_memory=pinned)
-
-        x_shape = (batch, self.input_chunk_length, len(self.inputs))
-        features_shape = (batch, len(self.inputs), self.manifest["model"]["vision_feature_dim"])
-        x = empty(*x_shape)
-        text = {name: empty(batch, *shape) for name, shape in self._shapes.items()}
-        features = empty(*features_shape)
-        forecast = empty(batch, self.output_chunk_length, len(self.targets), self.n_parameters)
-        if self.placement.split:
-            vision_x = empty(*x_shape, device=self.device)
-            vision_features = empty(*features_shape, device=self.device)
-        else:
-            vision_x, vision_features = x, features
-        text_binding = self._bind(self._text, {"x": x}, text)
-        fusion_inputs = {"vision_features": features, **text}
-        fusion_binding = self._bind(self._fusion, fusion_inputs, {"forecast": forecast})
-        buffers = _Buffers(
-            x, text, features, forecast, text_binding, fusion_binding, vision_x, vision_features
-        )
-        self._buffers[batch] = buffers
-        if len(self._buffers) > _CACHED_BATCH_SIZES:
-            self._buffers.popitem(last=False)
-        return buffers
-
-    def _bind(
-        self,
-        session: ort.InferenceSession,
-        inputs: dict[str, torch.Tensor],
-        outputs: dict[str, torch.Tensor],
-    ) -> Any:
-        binding = session.io_binding()
-        device, device_id = self.placement.ort_device, self.placement.device_id
-        for name, tensor in inputs.items():
-            binding.bind_input(
-                name,
-                device,
-                device_id,
-                np.float32,
-                tuple(tensor.shape),
-                tensor.data_ptr(),
-            )
-        for name, tensor in outputs.items():
-            binding.bind_output(
-                name,
-                device,
-                device_id,
-                np.float32,
-                tuple(tensor.shape),
-                tensor.data_ptr(),
-            )
-        return binding
-
-    def _session(self, path: Path) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        # ORT's worker threads spin after each run by default; torch runs the vision path right
-        # after, on the same cores, and would compete with them. Let them sleep instead.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if self.onnx_threads:
-            options.intra_op_num_threads = self.onnx_threads
-        stream = None
-        if self.placement.ort_device == "cuda":
-            stream = torch.cuda.current_stream(self._graph_device).cuda_stream
-        return open_session(path, options, self.placement, stream, ort.InferenceSession)
+    def _unscale_forecasts(self, out: np.ndarray) -> np.ndarray:
+        """Forecasts ``[..., N_t, P]`` in scaled units -> original units."""
+        if self._out_scale is None:
+            return out
+        return out * self._out_scale + self._out_shift
 
     def _set_scaler(self, scaler: dict | None, kinds: list[str]) -> None:
-        """Per-input shift/scale (identity for unscaled columns) and per-target output maps."""
+        """Per-input shift/scale (identity for unscaled columns) and per-target output maps
+        (the scale for every parameter, the shift for location parameters only)."""
         self._in_mean = self._in_scale = self._out_scale = self._out_shift = None
         if not scaler:
             return
         scaling = StandardScaling.from_payload(scaler)
-
-        def tensor(values: Any, device: torch.device = self._graph_device) -> torch.Tensor:
-            return torch.as_tensor(values, dtype=torch.float32, device=device)
-
-        # Inputs are scaled on the host (_on_devices); unscaled columns pass unchanged.
-        in_mean, in_scale = scaling.params(self.inputs, unscaled_ok=True)
-        self._in_mean, self._in_scale = torch.from_numpy(in_mean), torch.from_numpy(in_scale)
-        out_mean, out_scale = (tensor(v) for v in scaling.params(self.targets, unscaled_ok=True))
-        location = tensor([1.0 if kind == "location" else 0.0 for kind in kinds])
-        self._out_scale = out_scale[:, None].expand(-1, len(kinds))  # [N_t, P]
+        self._in_mean, self._in_scale = scaling.params(self.inputs, unscaled_ok=True)
+        out_mean, out_scale = scaling.params(self.targets, unscaled_ok=True)
+        location = np.array([1.0 if kind == "location" else 0.0 for kind in kinds], np.float32)
+        self._out_scale = np.repeat(out_scale[:, None], len(kinds), axis=1)  # [N_t, P]
         self._out_shift = out_mean[:, None] * location[None, :]
 
 
-def _placement_for(requested: str) -> Placement:
-    """:func:`choose_placement` with what this machine's torch and onnxruntime offer."""
-    cuda = torch.cuda.is_available()
-    return choose_placement(
-        requested,
-        cuda,
-        ort.get_available_providers(),
-        current_device=torch.cuda.current_device() if cuda else 0,
-        device_count=torch.cuda.device_count() if cuda else 0,
-    )
+def _vision_path(vision: str, manifest: dict, device: Any, torch_options: bool) -> str:
+    """``"torch"`` or ``"onnx"`` for the requested ``vision`` (see :class:`RollingForecaster`);
+    a requested path the bundle or this host cannot run is a :class:`BundleVersionError` or an
+    ``ImportError`` naming what is missing."""
+    onnx_in_bundle = has_onnx_vision(manifest)
+    torch_here = importlib.util.find_spec("torch") is not None
+    split = isinstance(device, Placement) and device.split
+    if vision == "onnx":
+        if not onnx_in_bundle:
+            raise BundleVersionError(
+                f"the bundle (format {manifest.get('format_version')}) holds no vision.onnx: "
+                "export the model again for the ONNX vision path, or use vision='torch'"
+            )
+        if torch_options or split:
+            raise ValueError(
+                "vision_dtype other than float32, compile_vision and mixed placements need "
+                "vision='torch'"
+            )
+        return "onnx"
+    if vision == "torch" or not onnx_in_bundle or torch_options or split:
+        if not torch_here:
+            raise ImportError(
+                "the torch vision path needs torch, which is not installed; use vision='onnx' "
+                "(a bundle exported with timesclip-darts >= format 3)"
+            )
+        return "torch"
+    if not torch_here or device == "cpu":
+        return "onnx"
+    import torch
+
+    return "torch" if torch.cuda.is_available() else "onnx"
 
 
 def _to_datetime64(values: Any) -> np.ndarray:

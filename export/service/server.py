@@ -85,6 +85,7 @@ class ServeConfig:
     snapshot_dir: str | None = None
     snapshot_every: float = 60.0
     device: str = "cpu"
+    vision: str = "auto"
     batch_size: int = 256
     max_batch_requests: int = 256
     batch_wait_ms: float = 1.0
@@ -163,6 +164,7 @@ def _load_forecaster(config: ServeConfig) -> Any:
 
     forecaster = RollingForecaster(
         config.bundle,
+        vision=config.vision,
         device=config.device,
         batch_size=config.batch_size,
         trusted_key=config.trusted_key,

@@ -7,7 +7,7 @@ the stream is timed. Each :meth:`StreamPool.update` checks every stream's rows w
 forecaster's own checks, refuses a stream with any bad row whole (its state unchanged, the others
 go on), and runs the windows completed by all accepted streams as a few large batches: one device
 call per ``batch_size`` windows. Since the runtime's forecasts do not depend on the batch a
-window is in (:meth:`RollingForecaster._run_batch`), they equal those of one
+window is in (the engines' ``_run_batch``), they equal those of one
 :class:`RollingForecaster` per stream exactly (on CPU; on CUDA, to float tolerance).
 
 State lives in one preallocated float32 slab ``[capacity, input_chunk_length - 1, variates]``
@@ -410,8 +410,7 @@ class StreamPool:
                 view = np.lib.stride_tricks.sliding_window_view(a.combined, icl, axis=0)
                 windows[start : start + a.n_windows] = view.transpose(0, 2, 1)
             start += a.n_windows
-        on_graphs, on_vision = forecaster._on_devices(windows)
-        return forecaster._forecast_windows(on_graphs, on_vision, True, self.batch_size)
+        return forecaster._forecast_windows(windows, self.batch_size)
 
     def _format_times(self, ends: np.ndarray | None) -> tuple[list, list]:
         """Window-ending timestamps (int64 ns or steps) and their forecasts' timestamps, as the
