@@ -290,7 +290,12 @@ def runtime_parity(
         # Half precision on the runtime's own placement only.
         for dtype in ("float32", "float16", "bfloat16") if i == 0 else ("float32",):
             forecaster = RollingForecaster(
-                bundle, device=where, apply_scaler=False, batch_size=batch_size, vision_dtype=dtype
+                bundle,
+                vision="torch",
+                device=where,
+                apply_scaler=False,
+                batch_size=batch_size,
+                vision_dtype=dtype,
             )
             out = forecaster.rolling(values)[: len(reference)]
             row = {
@@ -308,6 +313,23 @@ def runtime_parity(
                 row["max_abs_diff_vs_fp32"] = max_diff(out, fp32)
                 row["ok"] = row["max_abs_diff_vs_fp32"] <= HALF_TOLERANCE
             rows.append(row)
+    # The ONNX vision path: vision.onnx on ORT's CUDA provider where present, else its CPU one.
+    forecaster = RollingForecaster(
+        bundle, vision="onnx", device="auto", apply_scaler=False, batch_size=batch_size
+    )
+    out = forecaster.rolling(values)[: len(reference)]
+    diff = max_diff(out, reference)
+    rows.append(
+        {
+            "placement": "vision onnx",
+            "mode": forecaster.placement.mode,
+            "vision_dtype": "float32",
+            "windows": len(reference),
+            "max_abs_diff_vs_darts": diff,
+            "describe": forecaster.describe(),
+            "ok": diff <= PARITY_TOLERANCE,
+        }
+    )
     return rows
 
 
@@ -324,6 +346,7 @@ def bench_speed(
         forecasters = {
             dtype: RollingForecaster(
                 bundle,
+                vision="torch",
                 device=runtime_device,
                 apply_scaler=False,
                 batch_size=batch,
@@ -331,6 +354,10 @@ def bench_speed(
             )
             for dtype in ("float32", "bfloat16")
         }
+        # The ONNX vision path (float32; ORT's CUDA provider where present).
+        forecasters["onnx_float32"] = RollingForecaster(
+            bundle, vision="onnx", device="auto", apply_scaler=False, batch_size=batch
+        )
         for forecaster in forecasters.values():  # warm up: allocations, cuDNN/cuBLAS choices
             forecaster.rolling(values[: INPUT + min(batch, len(values) - INPUT + 1) - 1])
         best = dict.fromkeys(["darts", *forecasters], float("inf"))
@@ -382,7 +409,54 @@ def vit_images_per_s(bundle: Path, device: str, images: int, repeats: int) -> di
         run()  # warm-up
         seconds, _ = bench_runtime.timed(run, repeats)
         result[f"{dtype}_images_per_s"] = images / seconds
+    result.update(_onnx_vit_images_per_s(bundle, pixels, device, repeats))
     return result
+
+
+def _onnx_vit_images_per_s(bundle: Path, pixels: Any, device: str, repeats: int) -> dict:
+    """Images/s of the bundle's ``vision.opt.onnx`` in ONNX Runtime: on its CUDA provider with
+    I/O binding (pixels and features stay on the GPU) where present, else on its CPU provider;
+    and the largest difference from the torch program's fp32 features."""
+    import onnxruntime as ort
+    import torch
+    from timesclip_export.bundle.format import (
+        OPTIMIZED_FILES,
+        VISION_FILE,
+        load_vision_program,
+    )
+    from timesclip_export.runtime.onnx_engine import session_options
+
+    cuda = device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else None
+    session = ort.InferenceSession(
+        str(bundle / OPTIMIZED_FILES["vision"]),
+        session_options(None),
+        providers=providers or ["CPUExecutionProvider"],
+    )
+    binding = session.io_binding()
+    if cuda:
+        binding.bind_input(
+            "pixels", "cuda", 0, np.float32, tuple(pixels.shape), pixels.contiguous().data_ptr()
+        )
+        binding.bind_output("features", "cuda", 0)
+    else:
+        binding.bind_cpu_input("pixels", pixels.cpu().numpy())
+        binding.bind_output("features")
+
+    def run() -> None:
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    run()  # warm-up
+    seconds, _ = bench_runtime.timed(run, repeats)
+    program = load_vision_program(bundle / VISION_FILE, "cuda:0" if cuda else "cpu")
+    with torch.inference_mode():
+        expected = program(pixels if cuda else pixels.cpu()).float().cpu().numpy()
+    return {
+        "onnx_provider": session.get_providers()[0],
+        "onnx_float32_images_per_s": len(pixels) / seconds,
+        "onnx_max_abs_diff": max_diff(binding.copy_outputs_to_cpu()[0], expected),
+    }
 
 
 # ------------------------------------------------------------------------------ placement
@@ -414,7 +488,8 @@ def _profiled_sessions(forecaster: Any, folder: Path, strict: bool) -> dict[str,
     if forecaster.placement.ort_device == "cuda":
         stream = torch.cuda.current_stream(forecaster.placement.graph_device).cuda_stream
     sessions = {}
-    for part, name in files.items():
+    for part in ("text", "fusion"):  # the torch vision path's two graphs
+        name = files[part]
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.enable_profiling = not strict
@@ -433,15 +508,16 @@ def ort_placement(forecaster: Any, values: np.ndarray, folder: Path) -> dict:
     CPU provider load at all."""
     from timesclip_export.errors import BundleError
 
-    original = forecaster._text, forecaster._fusion
+    engine = forecaster._engine  # the torch vision path's engine
+    original = engine._text, engine._fusion
     sessions = _profiled_sessions(forecaster, folder, strict=False)
-    forecaster._text, forecaster._fusion = sessions["text"], sessions["fusion"]
-    forecaster._buffers.clear()  # bind the new sessions
+    engine._text, engine._fusion = sessions["text"], sessions["fusion"]
+    engine._buffers.clear()  # bind the new sessions
     try:
         forecaster.rolling(values)
     finally:
-        forecaster._text, forecaster._fusion = original
-        forecaster._buffers.clear()
+        engine._text, engine._fusion = original
+        engine._buffers.clear()
     result: dict[str, Any] = {"ort_device": forecaster.placement.ort_device}
     for part, session in sessions.items():
         profile = Path(session.end_profiling())
@@ -470,9 +546,10 @@ def ort_placement(forecaster: Any, values: np.ndarray, folder: Path) -> dict:
 def io_binding_report(forecaster: Any) -> dict:
     """Whether the graphs' outputs are bound to the runtime's torch buffers (no copies): the
     OrtValues ORT wrote to sit at the torch tensors' addresses, on the expected device."""
-    report = {"batches_bound": len(forecaster._buffers), "device": forecaster.placement.ort_device}
+    bound = forecaster._engine._buffers  # the torch vision path's engine
+    report = {"batches_bound": len(bound), "device": forecaster.placement.ort_device}
     same, devices = True, set()
-    for buffers in forecaster._buffers.values():
+    for buffers in bound.values():
         pairs = [
             (buffers.text_binding, list(buffers.text.values())),
             (buffers.fusion_binding, [buffers.forecast]),
@@ -481,7 +558,7 @@ def io_binding_report(forecaster: Any) -> dict:
             values = binding.get_outputs()
             same &= [v.data_ptr() for v in values] == [t.data_ptr() for t in tensors]
             devices |= {v.device_name().lower() for v in values}
-    report["outputs_are_torch_buffers"] = bool(same and forecaster._buffers)
+    report["outputs_are_torch_buffers"] = bool(same and bound)
     report["ort_value_devices"] = sorted(devices)
     return report
 
@@ -523,21 +600,25 @@ def markdown(result: dict) -> str:
         lines += [
             "",
             "| preset | batch | mode | Darts fp32 w/s | runtime fp32 w/s | x "
-            "| runtime bf16 w/s | x |",
-            "|---|---:|---|---:|---:|---:|---:|---:|",
+            "| runtime bf16 w/s | x | vision onnx w/s | x |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in speed:
             lines.append(
                 f"| {r['preset']} | {r['batch_size']} | {r['mode']} | "
                 f"{r['darts_fp32_windows_per_s']:.0f} | {r['runtime_float32_windows_per_s']:.0f} | "
                 f"{r['runtime_float32_vs_darts']:.2f} | {r['runtime_bfloat16_windows_per_s']:.0f} "
-                f"| {r['runtime_bfloat16_vs_darts']:.2f} |"
+                f"| {r['runtime_bfloat16_vs_darts']:.2f} "
+                f"| {r['runtime_onnx_float32_windows_per_s']:.0f} "
+                f"| {r['runtime_onnx_float32_vs_darts']:.2f} |"
             )
     for preset, vit in result["vit"].items():
         if isinstance(vit, dict):
             lines.append(
                 f"\nViT ({preset}, {vit['image_size']} px): fp32 {vit['float32_images_per_s']:.0f}"
-                f" images/s, bf16 {vit['bfloat16_images_per_s']:.0f} images/s"
+                f" images/s, bf16 {vit['bfloat16_images_per_s']:.0f} images/s; vision.opt.onnx "
+                f"on {vit['onnx_provider']} {vit['onnx_float32_images_per_s']:.0f} images/s "
+                f"(max |diff| vs torch fp32 {vit['onnx_max_abs_diff']:.1e})"
             )
     for preset, stats in result["streaming"].items():
         if isinstance(stats, dict):
@@ -632,7 +713,7 @@ def runtime_sections(
             bundle, values, reference, device, max(args.batch_sizes)
         )
     with clock(result, f"{preset} placement and I/O binding"):
-        own = RollingForecaster(bundle, device=runtime_device, apply_scaler=False)
+        own = RollingForecaster(bundle, vision="torch", device=runtime_device, apply_scaler=False)
         probe = values[: INPUT + min(n, 64) - 1]
         result["ort_placement"][preset] = ort_placement(own, probe, scratch)
         own.rolling(probe)
@@ -655,7 +736,10 @@ def runtime_sections(
         times = test.time_index.values
         updates = min(args.stream_updates, n)
         result["streaming"][preset] = bench_runtime.streaming(
-            bundle, values, times, updates, runtime_device, None
+            bundle, values, times, updates, runtime_device, None, "torch"
+        )
+        result["streaming"][f"{preset}, vision onnx"] = bench_runtime.streaming(
+            bundle, values, times, updates, "auto", None, "onnx"
         )
 
 

@@ -8,11 +8,15 @@ process; streaming latency per update. See README_runtime.md for measured number
 It trains a model (or takes ``--model``), exports a bundle without scaler (or takes
 ``--bundle``), and on the first ``--windows`` stride-1 windows of the ETTh1 test split (scaled,
 as Darts sees them) times ``historical_forecasts(retrain=False, last_points_only=False)``
-against ``RollingForecaster.rolling`` (optimised and plain graphs, optionally the compiled
-vision path), checks that both give the same numbers, then times ``update`` one row at a time
-(and Darts' ``predict`` per new row). On a machine with CUDA (torch and onnxruntime-gpu) it
-repeats the comparison there, with the vision path in fp32, fp16 and bf16. Prints a table and
-writes JSON (``--out``, default ``benchmarks/results/``).
+against ``RollingForecaster.rolling`` (both vision paths, ``vision.pt2`` in torch and
+``vision.onnx`` in ONNX Runtime, with optimised and plain graphs, optionally the compiled torch
+vision), checks that all give the same numbers, then times ``update`` one row at a time on
+each vision path (and Darts' ``predict`` per new row). ``--vit-presets`` times the ViT alone,
+images per second in torch (``vision.pt2``) and ONNX Runtime (``vision.opt.onnx``) at
+``--vit-batches``, alternated in one run. On a machine with CUDA (torch and onnxruntime-gpu) it
+repeats the comparison there, with the torch vision path in fp32, fp16 and bf16 and the ONNX
+one on ORT's CUDA provider. Prints a table and writes JSON (``--out``, default
+``benchmarks/results/``).
 """
 
 from __future__ import annotations
@@ -56,6 +60,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads", type=int, default=None, help="torch and ORT CPU threads (default: theirs)"
     )
     parser.add_argument("--no-gpu", action="store_true", help="skip the CUDA comparison")
+    parser.add_argument(
+        "--vit-presets",
+        nargs="*",
+        choices=["tiny", "small", "base"],
+        default=["small", "base"],
+        help="presets whose ViT is timed alone, torch vs ONNX Runtime (default: small base)",
+    )
+    parser.add_argument("--vit-batches", type=int, nargs="+", default=[64, 256])
+    parser.add_argument(
+        "--only-vit", action="store_true", help="time the ViT alone (--vit-presets), nothing else"
+    )
     parser.add_argument("--data-dir", help="ETT CSV folder (default ../shared/data/ETT)")
     parser.add_argument("--out", help="JSON file (default: benchmarks/results/<name>.json)")
     parser.add_argument("--smoke", action="store_true", help="a few-second run on 16 windows")
@@ -64,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.preset, args.windows, args.horizon = "tiny", args.windows or 16, 24
         args.train_windows, args.repeats = 64, 2
         args.stream_updates, args.darts_stream_updates = 8, 2
+        args.vit_presets, args.vit_batches = ["tiny"], [8]
     return args
 
 
@@ -126,12 +142,24 @@ def compare_throughput(args, model, bundle: Path, test, values: np.ndarray, devi
     """
     from timesclip_export.runtime.forecaster import RollingForecaster
 
-    variants = [("runtime, optimised graphs", {}), ("runtime, plain graphs", {"optimized": False})]
+    variants = [
+        (f"runtime, {graphs} graphs, vision {vision}", {"vision": vision, "optimized": optimized})
+        for vision in ("onnx", "torch")
+        for graphs, optimized in (("optimised", True), ("plain", False))
+    ]
     if args.compile:
-        variants.append(("runtime, optimised + compiled vision", {"compile_vision": True}))
+        variants.append(
+            (
+                "runtime, optimised, compiled torch vision",
+                {"vision": "torch", "compile_vision": True},
+            )
+        )
     if device == "cuda":
         variants += [
-            (f"runtime, optimised, vision {dtype}", {"vision_dtype": dtype})
+            (
+                f"runtime, optimised, torch vision {dtype}",
+                {"vision": "torch", "vision_dtype": dtype},
+            )
             for dtype in ("float16", "bfloat16")
         ]
     horizon = model.output_chunk_length
@@ -186,11 +214,15 @@ def compare_throughput(args, model, bundle: Path, test, values: np.ndarray, devi
     return rows
 
 
-def streaming(bundle: Path, values, times, updates: int, device: str, threads: int | None):
+def streaming(
+    bundle: Path, values, times, updates: int, device: str, threads: int | None, vision: str
+):
     """Latency of ``update`` with one new row, after the first window has filled."""
     from timesclip_export.runtime.forecaster import RollingForecaster
 
-    forecaster = RollingForecaster(bundle, device=device, apply_scaler=False, onnx_threads=threads)
+    forecaster = RollingForecaster(
+        bundle, vision=vision, device=device, apply_scaler=False, onnx_threads=threads
+    )
     rolled = forecaster.rolling(values[: INPUT + updates - 1])
     forecaster.update(values[: INPUT - 1], timestamps=times[: INPUT - 1])
     latencies, outs = [], []
@@ -201,6 +233,95 @@ def streaming(bundle: Path, values, times, updates: int, device: str, threads: i
     stats = percentiles(latencies[1:] if updates > 1 else latencies)
     stats["max_abs_diff_vs_rolling"] = float(np.abs(np.concatenate(outs) - rolled).max())
     return stats
+
+
+def vit_throughput(preset: str, batches: list[int], repeats: int, threads: int | None) -> list:
+    """Images per second of one preset's ViT alone: ``vision.pt2`` in torch against
+    ``vision.opt.onnx`` and ``vision.onnx`` in ONNX Runtime (CPU), on the same CLIP-normalised
+    pixels, alternated ``repeats`` times (best counts), with the largest difference."""
+    import onnxruntime as ort
+    import torch
+    from timesclip_export.bundle.format import load_vision_program
+    from timesclip_export.exporter import graphs
+    from timesclip_export.runtime.onnx_engine import session_options
+
+    from timesclip_darts import TimesCLIP
+
+    core = graphs.export_core(TimesCLIP(INPUT, 1, 24, clip_model_name=preset))
+    config = core.vision.backbone.config
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_vit_") as folder:
+        folder = Path(folder)
+        example = graphs.example_windows(2, INPUT, 1)
+        graphs.export_vision(core, folder / "vision.pt2", example)
+        graphs.export_vision_onnx(core, folder / "vision.onnx", example, graphs.DEFAULT_OPSET)
+        fused = graphs.optimize_graph(
+            folder / "vision.onnx",
+            folder / "vision.opt.onnx",
+            config.num_attention_heads,
+            config.hidden_size,
+        )
+        program = load_vision_program(folder / "vision.pt2", "cpu")
+        sessions = {
+            graph: ort.InferenceSession(
+                str(folder / f"vision.{suffix}onnx"),
+                session_options(threads),
+                providers=["CPUExecutionProvider"],
+            )
+            for graph, suffix in (("onnx", "opt."), ("onnx_plain", ""))
+        }
+        for batch in batches:
+            pixels = graphs.vision_pixels(core, graphs.example_windows(batch, INPUT, 1, seed=2))
+            feed = {"pixels": pixels.numpy()}
+            with torch.inference_mode():
+                program(pixels[:2])  # warm up
+                for session in sessions.values():
+                    session.run(None, {"pixels": feed["pixels"][:2]})
+                best = dict.fromkeys(["torch", *sessions], float("inf"))
+                outputs = {}
+                for _ in range(repeats):
+                    seconds, expected = timed(lambda p=pixels: program(p))
+                    best["torch"] = min(best["torch"], seconds)
+                    for graph, session in sessions.items():
+                        seconds, (outputs[graph],) = timed(lambda s=session, f=feed: s.run(None, f))
+                        best[graph] = min(best[graph], seconds)
+            expected = expected.numpy()
+            rows.append(
+                {
+                    "preset": preset,
+                    "image_size": int(core.image_size),
+                    "batch": batch,
+                    "torch_images_per_s": batch / best["torch"],
+                    "onnx_images_per_s": batch / best["onnx"],
+                    "onnx_plain_images_per_s": batch / best["onnx_plain"],
+                    "onnx_vs_torch": best["torch"] / best["onnx"],
+                    "onnx_plain_vs_torch": best["torch"] / best["onnx_plain"],
+                    "max_abs_diff": max(
+                        float(np.abs(out - expected).max()) for out in outputs.values()
+                    ),
+                    "fused_operators": fused,
+                }
+            )
+    return rows
+
+
+def vit_only(args: argparse.Namespace) -> int:
+    """``--only-vit``: the ViT table alone, printed and written as JSON."""
+    import torch
+    from timesclip_export.bundle.format import library_versions
+
+    rows = []
+    for preset in args.vit_presets:
+        rows += vit_throughput(preset, args.vit_batches, args.repeats, args.threads)
+    config = {"torch_threads": torch.get_num_threads(), "repeats": args.repeats}
+    result = {"config": config, "versions": library_versions(), "vit": rows}
+    print_vit_table(result)
+    out = Path(args.out) if args.out else RESULTS / "runtime_vit_cpu.json"
+    from timesclip_darts.atomic_files import write_text_atomic
+
+    write_text_atomic(out, json.dumps(result, indent=2))
+    print(f"\nwrote {out}")
+    return 0
 
 
 def darts_streaming(model, test, horizon: int, updates: int) -> dict[str, float]:
@@ -238,7 +359,8 @@ def print_table(result: dict) -> None:
             f"{row['seconds']:>8.2f} {speedup:>9} "
             f"{row.get('max_abs_diff_vs_darts', 0.0):>10.1e}"
         )
-    for device, stats in result["streaming"].items():
+    for key, stats in result["streaming"].items():
+        device = key.split(",")[0]
         darts = result["darts_streaming"].get(device)
         extra = ""
         if darts:
@@ -247,8 +369,26 @@ def print_table(result: dict) -> None:
                 f"({darts['p50_ms'] / stats['p50_ms']:.0f}x slower)"
             )
         print(
-            f"streaming update, 1 row, {device}: p50 {stats['p50_ms']:.2f} ms, p99 "
+            f"streaming update, 1 row, {key}: p50 {stats['p50_ms']:.2f} ms, p99 "
             f"{stats['p99_ms']:.2f} ms over {stats['n']} updates{extra}"
+        )
+    if result.get("vit"):
+        print_vit_table(result)
+
+
+def print_vit_table(result: dict) -> None:
+    config = result["config"]
+    print(f"\nThe ViT alone, CPU, torch threads {config['torch_threads']}:")
+    print(
+        f"{'preset':<7} {'px':>4} {'batch':>6} {'torch img/s':>12} {'ORT opt':>8} "
+        f"{'x':>6} {'ORT plain':>10} {'x':>6}"
+    )
+    for row in result["vit"]:
+        print(
+            f"{row['preset']:<7} {row['image_size']:>4} {row['batch']:>6} "
+            f"{row['torch_images_per_s']:>12.1f} {row['onnx_images_per_s']:>8.1f} "
+            f"{row['onnx_vs_torch']:>5.2f}x {row['onnx_plain_images_per_s']:>10.1f} "
+            f"{row['onnx_plain_vs_torch']:>5.2f}x  max|diff| {row['max_abs_diff']:.1e}"
         )
 
 
@@ -263,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         # Lightning resets torch's threads to the core count at fit unless OMP_NUM_THREADS is set.
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
         torch.set_num_threads(args.threads)
+    if args.only_vit:
+        return vit_only(args)
 
     from timesclip_darts import TimesCLIPModel
     from timesclip_darts.data import ett_splits, load_darts_dataset
@@ -305,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             "throughput": [],
             "streaming": {},
             "darts_streaming": {},
+            "vit": [],
         }
         devices = ["cpu"] + (["cuda"] if cuda_available() and not args.no_gpu else [])
         for device in devices:
@@ -315,13 +458,22 @@ def main(argv: list[str] | None = None) -> int:
                     map_location="cuda",
                 )
             result["throughput"] += compare_throughput(args, model, bundle, test, values, device)
-            result["streaming"][device] = streaming(
-                bundle, values, times, min(args.stream_updates, n), device, args.threads
-            )
+            for vision in ("onnx", "torch"):
+                result["streaming"][f"{device}, vision {vision}"] = streaming(
+                    bundle,
+                    values,
+                    times,
+                    min(args.stream_updates, n),
+                    device,
+                    args.threads,
+                    vision,
+                )
             if args.darts_stream_updates:
                 result["darts_streaming"][device] = darts_streaming(
                     model, test, horizon, args.darts_stream_updates
                 )
+    for preset in args.vit_presets:
+        result["vit"] += vit_throughput(preset, args.vit_batches, args.repeats, args.threads)
     print_table(result)
     out = (
         Path(args.out)
