@@ -3,8 +3,9 @@
 
 - :func:`export_bundle` (``timesclip-darts export``, :mod:`timesclip_export.exporter`)
   writes a bundle from a trained model, optionally signed; it needs Darts and the training package.
-- :class:`RollingForecaster` (``timesclip-darts stream``) runs a bundle with torch, numpy and
-  onnxruntime only; :class:`StreamPool` runs many keyed streams through one, batched.
+- :class:`RollingForecaster` (``timesclip-darts stream``) runs a bundle with numpy, numba and
+  onnxruntime (the ONNX vision path, no torch) or with torch for the ViT (the torch vision
+  path); :class:`StreamPool` runs many keyed streams through one, batched.
 - ``timesclip-darts serve`` (:mod:`timesclip_export.service.server`, needs the ``serve`` extra: Ray
   Serve) puts stream pools behind an HTTP JSON API; :func:`shard_for` is its stream routing.
 

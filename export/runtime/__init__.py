@@ -1,4 +1,5 @@
-"""The deployment runtime: a bundle -> forecasts, with numpy, torch and onnxruntime only.
-:mod:`.forecaster` (``RollingForecaster``), :mod:`.placement` (devices and ONNX Runtime
-providers), :mod:`.vision` (windows -> images -> the ViT program) and :mod:`.csv_stream` (the
-``stream`` command's CSV loop)."""
+"""The deployment runtime: a bundle -> forecasts, with numpy, numba and onnxruntime (plus torch
+on the torch vision path). :mod:`.forecaster` (``RollingForecaster``), its two engines
+:mod:`.onnx_engine` (no torch) and :mod:`.torch_engine`, :mod:`.placement` (devices and ONNX
+Runtime providers), :mod:`.vision` (windows -> images -> the torch ViT program) and
+:mod:`.csv_stream` (the ``stream`` command's CSV loop)."""
