@@ -16,6 +16,8 @@ from timesclip_export.errors import BundleVersionError
 from timesclip_export.runtime.csv_stream import stream_forecasts
 from timesclip_export.runtime.forecaster import RollingForecaster
 
+from tests.conftest import TINY_ICL
+
 # Run in a fresh interpreter in which torch cannot be imported (as on a host without it:
 # `None` in sys.modules makes `import torch` fail and `find_spec("torch")` answer None).
 TORCH_FREE = r"""
@@ -92,12 +94,12 @@ def test_torch_free_subprocess_forecasts_as_the_torch_path(
     expected = reference.rolling(values, parameters=True)
     np.testing.assert_allclose(out["rolling"], expected, rtol=0, atol=1e-4)
     point = expected[..., reference._point_index]
-    np.testing.assert_allclose(out["a"], point[: 150 - 96 + 1], rtol=0, atol=1e-4)
-    np.testing.assert_allclose(out["b"], point[50 : 200 - 96 + 1], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(out["a"], point[: 150 - TINY_ICL + 1], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(out["b"], point[50 : 200 - TINY_ICL + 1], rtol=0, atol=1e-4)
 
     sink = io.StringIO()
     with open(tmp_path / "rows.csv", newline="") as source:
-        assert stream_forecasts(reference, source, sink) == report["csv_rows"] == 220 - 96 + 1
+        assert stream_forecasts(reference, source, sink) == report["csv_rows"] == 220 - TINY_ICL + 1
     torch_csv, onnx_csv = (
         pd.read_csv(io.StringIO(text)) for text in (sink.getvalue(), report["csv"])
     )
