@@ -243,7 +243,7 @@ def vit_throughput(preset: str, batches: list[int], repeats: int, threads: int |
     import torch
     from timesclip_export.bundle.format import load_vision_program
     from timesclip_export.exporter import graphs
-    from timesclip_export.runtime.onnx_engine import session_options
+    from timesclip_export.runtime.engine import session_options
 
     from timesclip_darts import TimesCLIP
 

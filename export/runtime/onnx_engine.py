@@ -11,10 +11,10 @@ provider, or on its CUDA provider when asked for and present (the rasteriser sta
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from timesclip_export.errors import DeviceError
+from timesclip_export.runtime.engine import Engine, session_options
 from timesclip_export.runtime.placement import (
     CUDA_PROVIDER,
     Placement,
@@ -22,20 +22,6 @@ from timesclip_export.runtime.placement import (
 )
 
 from timesclip_darts import line_raster
-
-
-def session_options(threads: int | None) -> Any:
-    """ONNX Runtime session options shared by both vision paths."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    # ORT's worker threads spin after each run by default; the rasteriser (and torch's ViT on
-    # the torch path) runs right after, on the same cores, and would compete with them.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        options.intra_op_num_threads = threads
-    return options
 
 
 def onnx_placement(requested: str | Placement, providers: list[str]) -> Placement:
@@ -63,10 +49,9 @@ def onnx_placement(requested: str | Placement, providers: list[str]) -> Placemen
     raise DeviceError(f"unknown device '{requested}'; use auto, cpu, cuda or cuda:N")
 
 
-class OnnxEngine:
-    """Scaled windows -> forecasts in the model's scaled units, ``[W, H, N_t, P]``, through the
-    bundle's three ONNX graphs; the :class:`~timesclip_export.runtime.forecaster.RollingForecaster`
-    around it checks inputs, scales and keeps stream state."""
+class OnnxEngine(Engine):
+    """The ONNX vision path's :class:`~timesclip_export.runtime.engine.Engine`: the bundle's
+    three ONNX graphs."""
 
     vision = "onnx"
 
@@ -79,14 +64,12 @@ class OnnxEngine:
         *,
         vision_batch: int | None,
         onnx_threads: int | None,
-        providers: list[str] | None = None,
     ) -> None:
         import onnxruntime as ort
 
         spec = manifest["model"]
-        available = ort.get_available_providers() if providers is None else providers
-        self.placement = onnx_placement(device, available)
-        self.onnx_threads = onnx_threads
+        placement = onnx_placement(device, ort.get_available_providers())
+        super().__init__(manifest, placement, vision_batch, onnx_threads)
         self._sessions = {
             part: open_session(
                 bundle / graph_files[part],
@@ -97,17 +80,8 @@ class OnnxEngine:
             )
             for part in ("vision", "text", "fusion")
         }
-        self._icl = spec["input_chunk_length"]
-        self._out_shape = (
-            spec["output_chunk_length"],
-            spec["n_targets"],
-            len(spec["likelihood"]["parameters"]),
-        )
         self._image_size = int(spec["image_size"])
         self._line_width = float(spec["line_width"])
-        # Images per ViT call: the torch path's CPU budget (cache-sized slices were fastest).
-        pixels = self._image_size**2 * len(spec["inputs"])
-        self.vision_batch = vision_batch or max(1, (1 << 19) // pixels)
 
     def describe(self) -> str:
         """Where this runs, in words."""

@@ -23,17 +23,12 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from timesclip_export.bundle.format import VISION_FILE, load_vision_program
+from timesclip_export.runtime.engine import Engine, session_options
 from timesclip_export.runtime.placement import Placement, choose_placement, open_session
 from timesclip_export.runtime.vision import window_vision
 
 # The ViT's autocast dtype per ``vision_dtype`` name (float32: no autocast).
 _AUTOCAST: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-# Pixels per vision call (images x S²). On CPU, slices of ~2^19 pixels keep the ViT's activations
-# cache-friendly: re-measured with the numba rasteriser (1 thread), 64-128 windows per call were
-# fastest for the tiny preset and ~16 for the small one, and whole batches of 256 windows 5-45 %
-# slower. On CUDA the dense torch rasteriser's temporaries are ~20 floats per pixel: 2^24 pixels
-# (~1.3 GB) keep the GPU busy while bounding memory at 224 px.
-_VISION_PIXELS = {"cpu": 1 << 19, "cuda": 1 << 24}
 _CACHED_BATCH_SIZES = 4
 
 
@@ -56,10 +51,8 @@ class _Buffers:
     vision_features: torch.Tensor
 
 
-class TorchEngine:
-    """Scaled windows -> forecasts in the model's scaled units, ``[W, H, N_t, P]``; the
-    :class:`~timesclip_export.runtime.forecaster.RollingForecaster` around it checks inputs,
-    scales and keeps stream state."""
+class TorchEngine(Engine):
+    """The torch vision path's :class:`~timesclip_export.runtime.engine.Engine`."""
 
     vision = "torch"
 
@@ -76,10 +69,10 @@ class TorchEngine:
         onnx_threads: int | None,
     ) -> None:
         spec = manifest["model"]
-        self.placement = device if isinstance(device, Placement) else placement_for(device)
-        self.device = torch.device(self.placement.vision_device)  # windows, rasteriser, ViT
-        self._graph_device = torch.device(self.placement.graph_device)
-        self.onnx_threads = onnx_threads
+        placement = device if isinstance(device, Placement) else placement_for(device)
+        super().__init__(manifest, placement, vision_batch, onnx_threads)
+        self.device = torch.device(placement.vision_device)  # windows, rasteriser, ViT
+        self._graph_device = torch.device(placement.graph_device)
         self.vision_dtype = vision_dtype
         self.compile_vision = compile_vision
         self._text = self._session(bundle / graph_files["text"])
@@ -88,17 +81,8 @@ class TorchEngine:
         if compile_vision:
             program = torch.compile(program, dynamic=True)
         self._vision = window_vision(program, spec, _AUTOCAST.get(vision_dtype))
-        n_inputs = len(spec["inputs"])
-        pixels = spec["image_size"] ** 2 * n_inputs
-        self.vision_batch = vision_batch or max(1, _VISION_PIXELS[self.device.type] // pixels)
-        self._icl = spec["input_chunk_length"]
-        self._n_inputs = n_inputs
         self._feature_dim = spec["vision_feature_dim"]
-        self._out_shape = (
-            spec["output_chunk_length"],
-            spec["n_targets"],
-            len(spec["likelihood"]["parameters"]),
-        )
+        n_inputs = self._n_inputs
         self._shapes = {
             "cls": (n_inputs, spec["d_model"]),
             "patch_tokens": (n_inputs, spec["n_patches"], spec["d_model"]),
@@ -224,8 +208,6 @@ class TorchEngine:
         return binding
 
     def _session(self, path: Path) -> ort.InferenceSession:
-        from timesclip_export.runtime.onnx_engine import session_options
-
         stream = None
         if self.placement.ort_device == "cuda":
             stream = torch.cuda.current_stream(self._graph_device).cuda_stream
