@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +123,18 @@ def tiny_bundle(tiny_model_path: Path, signing_keys, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "bundle"
     assert main(["export", str(tiny_model_path), str(out), "--sign", str(signing_keys[0])]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def server(tiny_bundle: Path, tmp_path_factory) -> Iterator:
+    """The real server of ``tests/serving.py``, one for the whole session."""
+    from tests import serving
+
+    pytest.importorskip("ray.serve")
+    folder = tmp_path_factory.mktemp("serve")
+    running = serving.Server(tiny_bundle, folder / "snapshots", folder / "server.log")
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
