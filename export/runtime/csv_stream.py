@@ -12,18 +12,21 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
 import numpy as np
-from timesclip_export.errors import InputError
+from timesclip_export.errors import InputError, TimestampError
 from timesclip_export.runtime.forecaster import RollingForecaster
+from timesclip_export.runtime.timestamps import read_timestamps
 
 from timesclip_darts.likelihoods import check_quantiles, point_and_quantiles, quantile_label
 
 FORMATS = ("csv", "jsonl")
+_INTEGER = re.compile(r"[+-]?\d+")
 
 
 @dataclass
@@ -160,22 +163,20 @@ def _read_chunks(
         line_number += len(chunk)
 
 
-def _parse_times(forecaster: RollingForecaster, rows: Rows, label: str) -> np.ndarray | None:
-    """Timestamps as the runtime takes them (datetime64 or integers), or errors with the line."""
-    import pandas as pd
-
+def _parse_times(forecaster: RollingForecaster, rows: Rows, label: str) -> np.ndarray:
+    """The time column's cells (surrounding spaces dropped) as the runtime takes them:
+    ``datetime64[ns]`` or integer steps, read by :func:`read_timestamps` with its rules (ISO 8601
+    only, no time zone offsets, nothing missing, within int64 ns), or an error with the line."""
     kind = forecaster.time.get("index")
+    cells = [t.strip() for t in rows.times]
     try:
-        if kind == "range":
-            return np.array([int(t) for t in rows.times], dtype=np.int64)
-        parsed = pd.to_datetime(pd.Series(rows.times), errors="raise")
-        if parsed.dt.tz is not None:
-            parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
-        return parsed.to_numpy(dtype="datetime64[ns]")
-    except (ValueError, TypeError, OverflowError) as err:
-        raise InputError(
-            f"{label}, lines {rows.first_line}-{rows.first_line + len(rows.times) - 1}: "
-            f"cannot read a timestamp ({err})"
+        if kind == "range":  # integer text as ints; anything else goes on as text, refused there
+            return read_timestamps([int(t) if _INTEGER.fullmatch(t) else t for t in cells], kind)
+        return read_timestamps(cells, kind).view("datetime64[ns]")
+    except TimestampError as err:
+        line = rows.first_line + (err.row or 0)
+        raise TimestampError(
+            f"{label}, line {line}: {err}", row=err.row, reason=err.reason
         ) from err
 
 

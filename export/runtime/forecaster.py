@@ -32,6 +32,7 @@ from timesclip_export.bundle.format import (
 )
 from timesclip_export.errors import BundleVersionError, InputError, TimestampError
 from timesclip_export.runtime.placement import Placement
+from timesclip_export.runtime.timestamps import read_timestamps
 
 from timesclip_darts.checks import first_bad_value, timestamp_problem
 from timesclip_darts.scaling import StandardScaling
@@ -246,18 +247,23 @@ class RollingForecaster:
 
     def horizon_index(self, last_time: Any) -> np.ndarray | None:
         """Timestamps of the forecast after a window ending at ``last_time`` (``None`` when the
-        bundle's frequency is unknown)."""
+        bundle's frequency is unknown). ``last_time`` is a timestamp as the runtime stores them
+        (int64 ns or steps) or any one :func:`read_timestamps` takes."""
         step = self.time.get("step_ns") or self.time.get("step")
         offsets = np.arange(1, self.output_chunk_length + 1) + self.output_chunk_shift
-        if self.time.get("index") == "datetime":
-            start = np.datetime64(_to_datetime64(last_time), "ns")
+        kind = self.time.get("index")
+        if kind == "datetime":
+            if isinstance(last_time, int | np.integer) and not isinstance(last_time, bool):
+                start = np.datetime64(int(last_time), "ns")  # as stored: ns since the epoch
+            else:
+                start = read_timestamps([last_time], kind).view("datetime64[ns]")[0]
             if step:
                 return start + offsets * np.timedelta64(step, "ns")
             import pandas as pd
 
             index = pd.date_range(start, periods=offsets[-1] + 1, freq=self.time["freq"])
             return index[offsets].to_numpy()
-        if self.time.get("index") == "range" and step:
+        if kind == "range" and step:
             return int(last_time) + offsets * step
         return None
 
@@ -335,14 +341,7 @@ class RollingForecaster:
         if timestamps is None:
             return None
         kind = self.time.get("index")
-        try:
-            if kind == "range":
-                times = np.asarray(timestamps, dtype=np.int64)
-            else:
-                times = _to_datetime64(timestamps).astype("datetime64[ns]").astype(np.int64)
-        except (ValueError, TypeError) as err:
-            raise TimestampError(f"could not read the timestamps ({err})") from err
-        times = np.atleast_1d(times)
+        times = read_timestamps(timestamps, kind)
         if len(times) != rows:
             raise TimestampError(f"got {len(times)} timestamps for {rows} rows")
         full = times if previous is None else np.concatenate([[previous], times])
@@ -377,9 +376,19 @@ class RollingForecaster:
         if kind == "datetime" and self.time.get("freq"):
             import pandas as pd
 
-            expected = pd.date_range(
-                pd.Timestamp(full[0]), periods=len(full), freq=self.time["freq"]
-            ).asi8
+            try:  # fails past 2262 (or for a frequency pandas cannot step)
+                expected = (
+                    pd.date_range(
+                        pd.Timestamp(int(full[0])), periods=len(full), freq=self.time["freq"]
+                    )
+                    .as_unit("ns")
+                    .asi8
+                )
+            except (ValueError, TypeError, OverflowError) as err:
+                raise TimestampError(
+                    f"cannot step {len(full)} times at frequency {self.time['freq']} from "
+                    f"{_format_time(full[0], self.time)} ({err})"
+                ) from err
             wrong = full != expected
             if wrong.any():
                 i = int(np.argmax(wrong))
@@ -465,14 +474,6 @@ def _vision_path(vision: str, manifest: dict, device: Any, torch_options: bool) 
     import torch
 
     return "torch" if torch.cuda.is_available() else "onnx"
-
-
-def _to_datetime64(values: Any) -> np.ndarray:
-    """Timestamps (strings, datetimes, numpy or pandas) as ``datetime64[ns]``, tz-naive UTC."""
-    tz = getattr(values, "tz", None)
-    if tz is not None:  # a tz-aware pandas index
-        values = values.tz_convert("UTC").tz_localize(None)
-    return np.asarray(values, dtype="datetime64[ns]")
 
 
 def _format_time(value: np.int64, time: dict) -> str:
