@@ -29,7 +29,7 @@ _EXPORTS = {
     "StreamForecast": "timesclip_export.service.stream_pool",
     "StreamRejection": "timesclip_export.service.stream_pool",
     "PoolUpdate": "timesclip_export.service.stream_pool",
-    "ServeConfig": "timesclip_export.service.server",
+    "ServeConfig": "timesclip_export.service.config",
     "shard_for": "timesclip_export.service.api",
     "SnapshotError": "timesclip_export.errors",
     "BundleError": "timesclip_export.errors",

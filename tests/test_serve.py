@@ -1,35 +1,35 @@
 """``timesclip-darts serve``: stream routing, the HTTP API against the runtime, bad input over HTTP,
-restarts from snapshots. One real server (a subprocess on a free loopback port, two shards, a
-token, a snapshot folder) is started for the module and restarted once; every client call has a
-timeout, and the server's whole process group is killed at the end."""
+restarts from snapshots, against the session's real server (``tests/serving.py``), which the
+last test restarts once."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
-from timesclip_export.service.api import ApiError, ModelSpec, forecast_json, parse_rows, shard_for
+from timesclip_export.service.api import (
+    ApiError,
+    ModelSpec,
+    Output,
+    encode_json,
+    forecast_json,
+    parse_json,
+    parse_rows,
+    shard_for,
+)
 
-from tests.conftest import DATA_DIR, ETTH1_COLUMNS, ROOT
-
-TOKEN = "test-token-0123"
-SHARDS = 2
-MAX_BYTES = 256 * 1024
-START_TIMEOUT_S = 150
-HTTP_TIMEOUT_S = 60
+from tests.conftest import DATA_DIR, ETTH1_COLUMNS, ROOT, TINY_OCL
+from tests.serving import MAX_BYTES, SHARDS, Server
 
 
 # ------------------------------------------------------------------------------ routing (no Ray)
@@ -128,12 +128,47 @@ def test_forecast_json_gives_quantiles_and_parameters_of_the_likelihood() -> Non
     forecast = SimpleNamespace(
         time="2020-01-01T00:00:00", horizon=["h1", "h2"], values=params[..., 0], parameters=params
     )
-    out = forecast_json(forecast, SPEC, [0.1, 0.5], parameters=True)
-    assert out["values"] == {"a": [10.0, 11.0]}
+    out = json.loads(encode_json(forecast_json(forecast, SPEC, Output([0.1, 0.5], True, False))))
+    assert out["values"] == {"a": [10.0, 11.0]} and out["horizon"] == ["h1", "h2"]
     z = 1.2815515655446004
     np.testing.assert_allclose(out["quantiles"]["0.1"]["a"], [10 - 2 * z, 11 - z], rtol=1e-6)
     assert out["quantiles"]["0.5"]["a"] == [10.0, 11.0]
     assert out["parameters"] == {"mu": {"a": [10.0, 11.0]}, "sigma": {"a": [2.0, 1.0]}}
+
+
+def test_forecast_json_writes_float32_at_float32_precision_and_a_compact_horizon() -> None:
+    values = np.array([[1 / 3], [2 / 3]], dtype=np.float32)
+    forecast = SimpleNamespace(time="t", horizon=["2020-01-01T01:00:00", "x"], values=values)
+    text = encode_json(forecast_json(forecast, SPEC, Output([], False, True)))
+    assert b"0.33333334" in text and b"0.3333333432" not in text
+    out = json.loads(text)
+    assert out["horizon"] == {"start": "2020-01-01T01:00:00", "freq": "h", "periods": 2}
+    assert np.float32(out["values"]["a"][0]) == values[0, 0]  # the shortest text round-trips
+
+
+def test_parse_json_reads_what_orjson_refuses_so_that_values_are_named() -> None:
+    """NaN literals and huge integers become floats, refused by the value check with their row;
+    broken JSON is a 400 naming line and column."""
+    for literal, code in (
+        ("NaN", "nan"),
+        ("9" * 400, "nan"),
+        ("9" * 5000, "nan"),
+        ("1e39", "too_large"),
+    ):
+        body = parse_json(f'{{"values": [[1.0, {literal}]]}}'.encode())
+        with pytest.raises(ApiError) as err:
+            parse_rows(body, SPEC)
+        assert (err.value.status, err.value.code, err.value.extra["row"]) == (422, code, 0)
+    with pytest.raises(ApiError) as err:
+        parse_json(b'{"values": [1,]}')
+    assert err.value.status == 400 and "line 1, column" in err.value.message
+
+
+def test_parse_rows_refuses_too_many_rows_before_reading_them() -> None:
+    with pytest.raises(ApiError) as err:
+        parse_rows({"values": [[1.0, "not read"]] * 5}, SPEC, max_rows=4)
+    assert (err.value.status, err.value.code, err.value.extra["limit"]) == (413, "too_many_rows", 4)
+    assert len(parse_rows({"values": [[1.0, 2.0]] * 4}, SPEC, max_rows=4)["values"]) == 4
 
 
 def test_the_runtime_and_the_api_module_do_not_import_ray() -> None:
@@ -161,170 +196,6 @@ def test_serve_without_ray_says_how_to_install_it_and_exits_2(tmp_path: Path) ->
     assert done.returncode == 2
     lines = (done.stdout + done.stderr).strip().splitlines()
     assert len(lines) == 1 and "pip install timesclip-darts[serve]" in lines[0]
-
-
-# ------------------------------------------------------------------------------ the server
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _descendants(pid: int) -> dict[int, str]:
-    """Every process below ``pid`` with its start time (from /proc; empty where there is none),
-    so that only those very processes are killed later, never a reused pid."""
-    children: dict[int, list[tuple[int, str]]] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append((int(entry.name), fields[19]))
-    found: dict[int, str] = {}
-    todo = [pid]
-    while todo:
-        for child, started in children.get(todo.pop(), []):
-            if child not in found:
-                found[child] = started
-                todo.append(child)
-    return found
-
-
-def _kill_if_same(pid: int, started: str) -> None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        if fields[19] == started:
-            os.kill(pid, signal.SIGKILL)
-    except (OSError, IndexError):
-        pass
-
-
-class Server:
-    """``timesclip-darts serve`` in its own process group, with a client."""
-
-    def __init__(self, bundle: Path, snapshots: Path, log: Path) -> None:
-        self.bundle, self.snapshots, self.log_path = bundle, snapshots, log
-        self.port = _free_port()
-        self.metrics_port = _free_port()
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "timesclip_cli.main",
-            "serve",
-            str(self.bundle),
-            "--port",
-            str(self.port),
-            "--shards",
-            str(SHARDS),
-            "--snapshot-dir",
-            str(self.snapshots),
-            "--snapshot-every",
-            "3600",
-            "--max-request-bytes",
-            str(MAX_BYTES),
-            "--metrics-port",
-            str(self.metrics_port),
-        ]
-        env = {
-            **os.environ,
-            "TIMESCLIP_SERVE_TOKEN": TOKEN,
-            "RAY_metrics_report_interval_ms": "1000",
-            "RAY_USAGE_STATS_ENABLED": "0",
-        }
-        self.log = open(self.log_path, "a")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            self._wait_until_up()
-        except BaseException:
-            self.stop(timeout=10)
-            raise
-
-    def _wait_until_up(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited {self.process.returncode}:\n{self.tail()}")
-            try:
-                if self.request("GET", "/v1/model", timeout=5)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(1)
-        raise TimeoutError(f"server not up after {START_TIMEOUT_S} s:\n{self.tail()}")
-
-    def stop(self, timeout: float = 90) -> int | None:
-        """SIGTERM to the server (it snapshots and stops Ray), then SIGKILL to whatever of its
-        process tree is left: Ray's daemons share its group, its actors have their own."""
-        if self.process is None:
-            return None
-        process, self.process = self.process, None
-        tree = _descendants(process.pid)
-        try:
-            process.send_signal(signal.SIGTERM)
-            code = process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            code = None
-        finally:
-            for pid, started in {**tree, **_descendants(process.pid)}.items():
-                _kill_if_same(pid, started)
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            process.wait(timeout=30)
-            self.log.close()
-        return code
-
-    def tail(self) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-40:])
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: object = None,
-        token: str | None = TOKEN,
-        headers: dict | None = None,
-        timeout: float = HTTP_TIMEOUT_S,
-    ) -> tuple[int, dict]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            sent = {"Content-Type": "application/json", **(headers or {})}
-            if token:
-                sent["Authorization"] = f"Bearer {token}"
-            data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
-            connection.request(method, path, body=data, headers=sent)
-            response = connection.getresponse()
-            data = response.read()
-            try:
-                return response.status, json.loads(data or b"null")
-            except ValueError:  # not ours: Serve's proxy while the app deploys
-                return response.status, {"raw": data.decode(errors="replace")}
-        finally:
-            connection.close()
-
-
-@pytest.fixture(scope="module")
-def server(tiny_bundle: Path, tmp_path_factory) -> Iterator[Server]:
-    pytest.importorskip("ray.serve")
-    folder = tmp_path_factory.mktemp("serve")
-    running = Server(tiny_bundle, folder / "snapshots", folder / "server.log")
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -497,6 +368,16 @@ def _bad_cases(ett: pd.DataFrame) -> list[tuple[str, object, dict, int, str]]:
     fewer = row(nxt)
     del fewer["values"]["LULL"]
     huge = b'{"values": {"x": [' + b"1," * (MAX_BYTES // 2) + b"1]}}"
+
+    def stamped(stamp: str) -> dict:
+        return {**row(nxt), "timestamps": [stamp]}
+
+    def digits(n: int) -> bytes:  # OT written as an n-digit integer
+        return (
+            json.dumps(row(nxt, OT=0)).encode().replace(b'"OT": [0]', b'"OT": [' + b"9" * n + b"]")
+        )
+
+    many = rows_body(ett, nxt, nxt + 1025)  # one more than --max-rows-per-stream
     return [
         ("malformed JSON", b'{"timestamps": [', {}, 400, "malformed_json"),
         ("empty body", b"", {}, 400, "empty_body"),
@@ -519,6 +400,14 @@ def _bad_cases(ett: pd.DataFrame) -> list[tuple[str, object, dict, int, str]]:
         ("unreadable timestamp", {**row(nxt), "timestamps": ["yesterday"]}, {}, 422, "timestamps"),
         ("quantiles without a likelihood", {**row(nxt), "quantiles": [0.1]}, {}, 422, "quantiles"),
         ("oversized body", huge, {}, 413, "too_large"),
+        ("too many rows", many, {}, 413, "too_many_rows"),
+        ("NaT timestamp", stamped("NaT"), {}, 422, "timestamps"),
+        ("relative timestamp", stamped("now"), {}, 422, "timestamps"),
+        ("beyond int64 ns", stamped("2300-01-01T00:00:00"), {}, 422, "timestamps"),
+        ("UTC offset", stamped("2016-07-05T00:00:00+05:00"), {}, 422, "timezone"),
+        ("400-digit integer", digits(400), {}, 422, "nan"),
+        ("5000-digit integer", digits(5000), {}, 422, "nan"),
+        ("unknown horizon format", {**row(nxt), "horizon": "short"}, {}, 422, "horizon"),
         ("no token", row(nxt), {"token": None}, 401, "unauthorized"),
         ("wrong token", row(nxt), {"token": "nope"}, 401, "unauthorized"),
     ]
@@ -548,6 +437,28 @@ def test_bad_input_is_a_4xx_naming_the_problem_and_changes_nothing(
     np.testing.assert_allclose(
         as_array(out["forecasts"]), expected(forecaster, ett, 96, 97), atol=1e-5, rtol=0
     )
+
+
+def test_limits_openapi_and_the_compact_horizon(server: Server, ett) -> None:
+    status, model = server.request("GET", "/v1/model")
+    assert status == 200 and model["limits"]["max_rows_per_stream"] == 1024
+    assert model["time_zone"] is None and "offset" in model["timestamps"]
+    status, spec = server.request("GET", "/openapi.json")
+    assert status == 200 and {"/v1/rows", "/v1/streams/{stream}/rows"} <= set(spec["paths"])
+    body = spec["paths"]["/v1/rows"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["required"] == ["streams"]
+    status, out = server.request(
+        "POST", "/v1/streams/compact-0/rows", rows_body(ett, 0, 97, horizon="compact")
+    )
+    assert status == 200 and len(out["forecasts"]) == 2
+    horizon = out["forecasts"][0]["horizon"]
+    assert (horizon["freq"], horizon["periods"]) == ("h", TINY_OCL)
+    assert pd.Timestamp(horizon["start"]) == pd.Timestamp(ett["date"].iloc[96])
+
+
+def test_a_request_of_many_windows_refuses_beyond_the_limit(server: Server, ett) -> None:
+    status, out = server.request("POST", "/v1/forecast", {"windows": [[[1.0] * 7]] * 1025})
+    assert (status, out["error"]["code"], out["error"]["limit"]) == (413, "too_many_windows", 1024)
 
 
 @pytest.mark.parametrize(
@@ -591,18 +502,21 @@ def _metric(text: str, name: str, label: str = "") -> float:
 def test_metrics_count_forecasts_refusals_and_batches(server: Server, ett) -> None:
     """Ray's metrics agent exports the server's ray.util.metrics on --metrics-port."""
     assert server.request("POST", "/v1/streams/metrics-0/rows", rows_body(ett, 0, 97))[0] == 200
+    gap = rows_body(ett, 98, 99)  # refused by the shard: it skips row 97
+    assert server.request("POST", "/v1/streams/metrics-0/rows", gap)[0] == 409
     bad = rows_body(ett, 97, 98)
-    bad["values"]["OT"] = [float("nan")]
+    bad["values"]["OT"] = [float("nan")]  # refused by the ingress
     assert server.request("POST", "/v1/streams/metrics-0/rows", bad)[0] == 422
     assert server.request("GET", "/v1/model", token="wrong")[0] == 401
     prefix = "ray_timesclip_serve_"
     checks = {
         "forecasts": lambda t: _metric(t, prefix + "forecasts_total") >= 2,
         "rows": lambda t: _metric(t, prefix + "rows_total") >= 97,
-        "rejected nan": lambda t: _metric(t, prefix + "rejected_rows_total", 'reason="nan"') >= 1,
+        "rejected gap": lambda t: _metric(t, prefix + "rejected_rows_total", 'reason="gap"') >= 1,
         "refused auth": lambda t: (
             _metric(t, prefix + "refused_requests_total", 'code="unauthorized"') >= 1
         ),
+        "refused nan": lambda t: _metric(t, prefix + "refused_requests_total", 'code="nan"') >= 1,
         "batch sizes": lambda t: (
             _metric(t, prefix + "batch_windows_count") >= 1
             and _metric(t, prefix + "batch_requests_count") >= 1

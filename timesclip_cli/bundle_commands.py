@@ -267,7 +267,37 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     _add_vision_argument(serve)
-    serve.add_argument("--batch-size", type=int, default=256, help="windows per device call")
+    serve.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="windows per device call; larger requests run in steps of this many windows, "
+        "between other requests' batches (32 on the CPU, 256 on a GPU)",
+    )
+    serve.add_argument(
+        "--max-rows-per-stream",
+        type=int,
+        default=1024,
+        help="rows of one stream (or window) in one request; more: 413 (1024)",
+    )
+    serve.add_argument(
+        "--max-streams-per-request",
+        type=int,
+        default=1024,
+        help="streams in one POST /v1/rows, windows in one POST /v1/forecast; more: 413 (1024)",
+    )
+    serve.add_argument(
+        "--request-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a request may take; longer: 504 and nothing of it acknowledged (60)",
+    )
+    serve.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=1000,
+        help="requests waiting for one shard; more: 503 with Retry-After (1000)",
+    )
     serve.add_argument(
         "--batch-wait-ms", type=float, default=1.0, help="how long a batch waits to fill (1 ms)"
     )
@@ -287,8 +317,9 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
+        import fastapi  # noqa: F401
+        import orjson  # noqa: F401
         import ray.serve  # noqa: F401
-        import starlette  # noqa: F401
     except ImportError:
         print("error: `serve` needs Ray Serve: pip install timesclip-darts[serve]", file=sys.stderr)
         return 2
@@ -311,6 +342,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         vision=args.vision,
         batch_size=args.batch_size,
         batch_wait_ms=args.batch_wait_ms,
+        max_rows_per_stream=args.max_rows_per_stream,
+        max_streams_per_request=args.max_streams_per_request,
+        request_timeout_s=args.request_timeout,
+        max_queued_requests=args.max_queued_requests,
         metrics_port=args.metrics_port,
         trusted_key=args.trusted_key,
         access_log=args.access_log,

@@ -1,10 +1,15 @@
 """The HTTP API of ``timesclip-darts serve`` without Ray: stream routing (rendezvous hashing),
-request parsing and validation, and the JSON shape of forecasts. Standard library and numpy
-only, so it is unit-tested (and usable by clients) without Ray installed.
+request parsing and validation, and the JSON of forecasts. numpy and orjson only, so it is
+unit-tested (and usable by clients) without Ray installed.
 
 Every problem with a request is an :class:`ApiError`: an HTTP status (400 unreadable, 401 no or
-wrong token, 404 unknown route or stream, 409 a row that does not follow the stream's last one,
-413 too large, 422 readable but wrong) and a JSON body ``{"error": {"code", "message", ...}}``.
+wrong token, 404 unknown route or stream, 409 a row that does not follow the stream's last one
+or a stream busy with another request, 413 too large, 422 readable but wrong) and a JSON body
+``{"error": {"code", "message", ...}}``.
+
+Numbers: every value must be a finite number within the model's bound after parsing (a
+400-digit integer is a 422, not an overflow). Forecast values are float32 and written at float32
+precision (``0.33333334``, not ``0.3333333432674408``).
 """
 
 from __future__ import annotations
@@ -13,15 +18,26 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
+import orjson
 
 API_VERSION = "v1"
 STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@~-]{0,199}$")
-ROW_FIELDS = frozenset({"timestamps", "values", "quantiles", "parameters"})
-OUTPUT_FIELDS = frozenset({"quantiles", "parameters"})
+ROW_FIELDS = frozenset({"timestamps", "values", "quantiles", "parameters", "horizon"})
+OUTPUT_FIELDS = frozenset({"quantiles", "parameters", "horizon"})
+HORIZON_FORMATS = ("full", "compact")
+# Integers longer than this are read as floats (then refused if not finite), never as Python
+# ints of unbounded size: numpy cannot hold them and int() of 5,000 digits raises.
+_MAX_INT_DIGITS = 20
+_TIMESTAMP_RULE = {
+    None: "ISO 8601 wall-clock times without a UTC offset, e.g. '2017-10-20T00:00:00' (the "
+    "series has no time zone: 'Z' and offsets are refused, as are NaT, words such as 'now' "
+    "and dates outside 1677-09-21..2262-04-11)",
+    "range": "integers within ±(2**53 - 1) (the series has a range index)",
+}
 # A rejected row of a stream that already has rows, at the first new row, is about the stream's
 # state, not the request: the client is behind (gap) or re-sends acknowledged rows.
 _STATE_REASONS = {
@@ -32,7 +48,8 @@ _STATE_REASONS = {
 
 
 class ApiError(Exception):
-    """A request the server refuses: ``status`` (4xx), a short ``code`` and a message."""
+    """A request the server refuses: ``status`` (4xx; 500 for one stream the server failed
+    on, 503 when busy, 504 past the time limit), a short ``code`` and a message."""
 
     def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
         super().__init__(message)
@@ -74,16 +91,21 @@ def check_stream_id(stream: Any) -> str:
 
 # ------------------------------------------------------------------------------ parsing
 def parse_json(body: bytes) -> Any:
-    """The request body as JSON (``NaN``/``Infinity`` literals read as floats so the value
-    checks can name their row)."""
+    """The request body as JSON: orjson, and for what it refuses the standard library, which
+    names the line and column of a syntax error and reads ``NaN``/``Infinity`` literals and
+    huge integers as floats so that the value checks can name their row."""
     if not body:
         raise ApiError(400, "empty_body", "the request has no body; send a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ApiError(400, "malformed_json", f"the body is not UTF-8 ({err})") from None
     try:
-        return json.loads(text, parse_constant=float)
+        return json.loads(text, parse_constant=float, parse_int=_parse_int)
     except json.JSONDecodeError as err:
         raise ApiError(
             400,
@@ -92,6 +114,15 @@ def parse_json(body: bytes) -> Any:
         ) from None
     except RecursionError:
         raise ApiError(400, "malformed_json", "the body's JSON is nested too deeply") from None
+
+
+def encode_json(payload: Any) -> bytes:
+    """An answer as JSON bytes (orjson; numpy arrays as lists, float32 at float32 precision)."""
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _parse_int(text: str) -> int | float:
+    return int(text) if len(text.lstrip("-")) <= _MAX_INT_DIGITS else float(text)
 
 
 def expect_object(value: Any, what: str, allowed: frozenset[str] | None = None) -> dict:
@@ -145,22 +176,47 @@ class ModelSpec:
             "output_chunk_shift": int(model.get("output_chunk_shift", 0)),
             "frequency": self.time.get("freq"),
             "time_index": self.time.get("index"),
+            # Darts keeps wall-clock times without a zone: so do the timestamps sent here.
+            "time_zone": None,
+            "timestamps": _TIMESTAMP_RULE.get(self.time.get("index"), _TIMESTAMP_RULE[None]),
             "backbone": backbone,
             "pretrained": pretrained,
             "likelihood": likelihood,
         }
 
 
-def parse_output(body: Mapping[str, Any], spec: ModelSpec) -> tuple[list[float], bool]:
-    """``"quantiles": [0.1, 0.9]`` and ``"parameters": true`` of a request."""
+class Output(NamedTuple):
+    """What a request asks for besides point forecasts: ``"quantiles": [0.1, 0.9]``,
+    ``"parameters": true`` and ``"horizon": "compact"`` (start, frequency and periods instead
+    of one timestamp per step)."""
+
+    quantiles: list[float]
+    parameters: bool
+    compact: bool
+
+    @property
+    def needs_parameters(self) -> bool:
+        return bool(self.quantiles) or self.parameters
+
+
+def parse_output(body: Mapping[str, Any], spec: ModelSpec) -> Output:
+    """The :class:`Output` options of a request body."""
     from timesclip_darts.likelihoods import QuantileError, check_quantiles, parse_quantiles
 
     parameters = body.get("parameters", False)
     if not isinstance(parameters, bool):
         raise ApiError(422, "parameters", f"'parameters' must be true or false, got {parameters!r}")
+    horizon = body.get("horizon", "full")
+    if horizon not in HORIZON_FORMATS:
+        raise ApiError(
+            422, "horizon", f"'horizon' must be one of {list(HORIZON_FORMATS)}, got {horizon!r}"
+        )
+    compact = horizon == "compact"
+    if spec.likelihood.get("name") is None and parameters:
+        raise ApiError(422, "parameters", "the model has no likelihood, so no parameters")
     raw = body.get("quantiles")
     if raw is None:
-        return [], parameters
+        return Output([], parameters, compact)
     if not isinstance(raw, list) or not all(_is_number(q) for q in raw):
         raise ApiError(422, "quantiles", "'quantiles' must be a list of numbers, e.g. [0.1, 0.9]")
     try:
@@ -168,15 +224,20 @@ def parse_output(body: Mapping[str, Any], spec: ModelSpec) -> tuple[list[float],
         check_quantiles(spec.likelihood, quantiles)
     except QuantileError as err:
         raise ApiError(422, "quantiles", str(err)) from None
-    if spec.likelihood.get("name") is None and parameters:
-        raise ApiError(422, "parameters", "the model has no likelihood, so no parameters")
-    return quantiles, parameters
+    return Output(quantiles, parameters, compact)
 
 
-def parse_rows(body: Any, spec: ModelSpec, what: str = "the body", min_rows: int = 1) -> dict:
+def parse_rows(
+    body: Any,
+    spec: ModelSpec,
+    what: str = "the body",
+    min_rows: int = 1,
+    max_rows: int | None = None,
+) -> dict:
     """A stream's rows, ``{"timestamps": [...], "values": {column: [...]}}`` (or ``values`` as
     ``[rows, n_inputs]`` lists in the model's input order) -> ``{"values": float64 [rows, N],
-    "timestamps": list | None}`` for :class:`StreamPool`; raises :class:`ApiError`."""
+    "timestamps": list | None}`` for :class:`StreamPool`; raises :class:`ApiError` (413
+    ``too_many_rows`` beyond ``max_rows``, before any value is read)."""
     body = expect_object(body, what, ROW_FIELDS)
     if "values" not in body:
         raise ApiError(422, "shape", f"{what} has no 'values'")
@@ -200,6 +261,7 @@ def parse_rows(body: Any, spec: ModelSpec, what: str = "the body", min_rows: int
                 raise ApiError(
                     422, "shape", f"{what}: values['{name}'] must be a list, got {_kind(column)}"
                 )
+        _check_row_count(max(len(c) for c in columns), max_rows, what)
         lengths = {len(c) for c in columns}
         if len(lengths) != 1:
             sizes = {name: len(c) for name, c in zip(spec.inputs, columns, strict=True)}
@@ -207,6 +269,7 @@ def parse_rows(body: Any, spec: ModelSpec, what: str = "the body", min_rows: int
         rows = [list(row) for row in zip(*columns, strict=True)]
     elif isinstance(values, list):
         rows = values
+        _check_row_count(len(rows), max_rows, what)
         for r, row in enumerate(rows):
             if not isinstance(row, list) or len(row) != n:
                 raise ApiError(
@@ -237,11 +300,28 @@ def parse_rows(body: Any, spec: ModelSpec, what: str = "the body", min_rows: int
                     row=r,
                     variate=spec.inputs[c],
                 )
-    array = np.array(rows, dtype=np.float64).reshape(len(rows), n)
+    try:
+        array = np.array(rows, dtype=np.float64).reshape(len(rows), n)
+    except OverflowError:  # a Python int beyond float64 (parse_json never makes one)
+        array = np.array(
+            [[v if abs(v) < 1e300 else math.inf for v in row] for row in rows], np.float64
+        ).reshape(len(rows), n)
+    check_finite(array, spec, what)
     timestamps = body.get("timestamps")
     if timestamps is not None:
         timestamps = _parse_timestamps(timestamps, len(rows), spec, what)
     return {"values": array, "timestamps": timestamps}
+
+
+def _check_row_count(rows: int, limit: int | None, what: str) -> None:
+    if limit is not None and rows > limit:
+        raise ApiError(
+            413,
+            "too_many_rows",
+            f"{what}: {rows} rows; the limit is {limit} rows per stream per request "
+            "(--max-rows-per-stream): send them in several requests",
+            limit=limit,
+        )
 
 
 def check_finite(array: np.ndarray, spec: ModelSpec, what: str) -> None:
@@ -279,7 +359,12 @@ def _parse_timestamps(raw: Any, rows: int, spec: ModelSpec, what: str) -> list:
 
 def rejection_error(reason: str, message: str, row: int | None, last_time: Any) -> ApiError:
     """A :class:`StreamRejection` as an HTTP error: 409 when the first new row does not follow
-    the stream's last acknowledged one (re-send from ``last_time``), 422 otherwise."""
+    the stream's last acknowledged one (re-send from ``last_time``) or another request of the
+    stream is in progress, 500 when the server failed on the stream, 422 otherwise."""
+    if reason == "busy":
+        return ApiError(409, "stream_busy", message, reason=reason)
+    if reason == "internal":
+        return ApiError(500, "internal", message, reason=reason)
     if row == 0 and reason in _STATE_REASONS and last_time is not None:
         return ApiError(
             409,
@@ -307,33 +392,46 @@ class Forecast(NamedTuple):
         return cls(forecast.time, forecast.horizon, forecast.values, forecast.parameters)
 
 
-def forecast_json(
-    forecast: Any, spec: ModelSpec, quantiles: Sequence[float], parameters: bool
-) -> dict:
-    """One forecast (:class:`Forecast` or :class:`StreamForecast`) as JSON: time, horizon and
-    a list per target; with quantiles ``{"quantiles": {"0.1": {target: [...]}}}``, with
-    parameters ``{"parameters": {name: {target: [...]}}}``."""
+def forecast_json(forecast: Any, spec: ModelSpec, output: Output) -> dict:
+    """One forecast (:class:`Forecast` or :class:`StreamForecast`) for :func:`encode_json`:
+    time, horizon and a float32 array per target; with quantiles ``{"quantiles": {"0.1":
+    {target: [...]}}}``, with parameters ``{"parameters": {name: {target: [...]}}}``. A compact
+    horizon is ``{"start", "freq", "periods"}`` (``freq``: the pandas frequency, or the step of
+    a range index)."""
     from timesclip_darts.likelihoods import point_and_quantiles
 
     values = np.asarray(forecast.values)
+    horizon = forecast.horizon
+    if horizon is not None:
+        horizon = [_plain(t) for t in horizon]
+        if output.compact:
+            freq = spec.time.get("freq") or spec.time.get("step")
+            horizon = {"start": horizon[0], "freq": freq, "periods": len(horizon)}
     out: dict[str, Any] = {
         "time": _plain(forecast.time),
-        "horizon": None if forecast.horizon is None else [_plain(t) for t in forecast.horizon],
-        "values": {t: values[:, j].tolist() for j, t in enumerate(spec.targets)},
+        "horizon": horizon,
+        "values": {t: _column(values[:, j]) for j, t in enumerate(spec.targets)},
     }
-    if quantiles:
-        _, qs = point_and_quantiles(np.asarray(forecast.parameters), spec.likelihood, quantiles)
+    if output.quantiles:
+        _, qs = point_and_quantiles(
+            np.asarray(forecast.parameters), spec.likelihood, output.quantiles
+        )
         out["quantiles"] = {
-            repr(float(q)): {t: qs[:, j, k].tolist() for j, t in enumerate(spec.targets)}
-            for k, q in enumerate(quantiles)
+            repr(float(q)): {t: _column(qs[:, j, k]) for j, t in enumerate(spec.targets)}
+            for k, q in enumerate(output.quantiles)
         }
-    if parameters:
+    if output.parameters:
         params = np.asarray(forecast.parameters)
         out["parameters"] = {
-            name: {t: params[:, j, k].tolist() for j, t in enumerate(spec.targets)}
+            name: {t: _column(params[:, j, k]) for j, t in enumerate(spec.targets)}
             for k, name in enumerate(spec.likelihood["parameters"])
         }
     return out
+
+
+def _column(values: np.ndarray) -> np.ndarray:
+    """A forecast column as orjson writes it: contiguous float32."""
+    return np.ascontiguousarray(values, dtype=np.float32)
 
 
 def _plain(value: Any) -> Any:

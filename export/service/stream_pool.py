@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 import zipfile
@@ -46,6 +47,7 @@ SNAPSHOT_FORMAT = "timesclip-stream-pool"
 SNAPSHOT_FORMAT_VERSION = 1
 _ENTRY_KEYS = {"values", "timestamps"}
 _INITIAL_CAPACITY = 64
+logger = logging.getLogger("timesclip_export.service.stream_pool")
 
 
 @dataclass(frozen=True)
@@ -69,10 +71,13 @@ class StreamForecast:
 class StreamRejection:
     """A stream whose rows were refused for this call (its state is unchanged).
 
-    ``reason`` is a short machine key (``"nan"``, ``"too_large"``, ``"gap"``, ``"duplicate"``,
-    ``"out_of_order"``, ``"columns"``, ``"shape"``, ``"dtype"``, ``"timestamps"``, ``"format"``,
-    ``"stream"``); ``message`` one line naming the stream and the problem; ``row`` the offending
-    row of the stream's rows (of the whole input for :meth:`StreamPool.update_columnar`)."""
+    ``reason`` is a short machine key for a problem of the input (``"nan"``, ``"too_large"``,
+    ``"gap"``, ``"duplicate"``, ``"out_of_order"``, ``"columns"``, ``"shape"``, ``"dtype"``,
+    ``"timestamps"``, ``"timezone"``, ``"format"``, ``"stream"``), ``"busy"`` while another
+    update of the stream is pending (:meth:`StreamPool.begin`), or ``"internal"`` when the
+    runtime failed on this stream's windows (logged; the other streams of the call go on);
+    ``message`` one line naming the stream and the problem; ``row`` the offending row of the
+    stream's rows (of the whole input for :meth:`StreamPool.update_columnar`)."""
 
     stream: str
     reason: str
@@ -87,6 +92,31 @@ class PoolUpdate:
 
     forecasts: list[StreamForecast] = field(default_factory=list)
     rejected: list[StreamRejection] = field(default_factory=list)
+
+
+@dataclass
+class PendingUpdate:
+    """An update begun by :meth:`StreamPool.begin`: its streams' rows checked and the streams
+    reserved, its windows forecast step by step (:meth:`StreamPool.advance`), no state changed
+    until :meth:`StreamPool.finish` (or none ever, after :meth:`StreamPool.abandon`)."""
+
+    parameters: bool
+    accepted: list[_Accepted]
+    rejected: list[StreamRejection]
+    forecasts: np.ndarray  # [windows, H, N_t, P], filled by advance()
+    ends: np.ndarray  # window offsets: stream k's windows are ends[k]:ends[k + 1]
+    done: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # stream -> what failed
+    closed: bool = False
+
+    @property
+    def windows(self) -> int:
+        """Windows this update forecasts in all."""
+        return len(self.forecasts)
+
+    @property
+    def forecast_done(self) -> bool:
+        return self.done >= len(self.forecasts)
 
 
 @dataclass
@@ -115,6 +145,14 @@ class StreamPool:
     Thread safety: every method holds one lock, so calls from several threads are serialised
     (a snapshot copies the state under it and writes the file after releasing it). Throughput
     comes from batching many streams per call, not from concurrent calls.
+
+    A large update can also run in steps, so that a caller serving many clients interleaves
+    other updates between them: :meth:`begin` checks the rows and reserves the streams,
+    :meth:`advance` forecasts the next windows, :meth:`finish` commits (or :meth:`abandon`
+    drops it). Meanwhile other updates of the reserved streams are refused (reason ``"busy"``).
+
+    Failures stay with their stream: rows a check refuses, and windows the runtime fails on
+    (any exception, retried stream by stream to find the culprit), refuse that stream alone.
     """
 
     def __init__(
@@ -141,6 +179,7 @@ class StreamPool:
         self._total_forecasts = 0
         self._rejected: Counter[str] = Counter()
         self._digest = manifest_digest(forecaster.manifest)
+        self._busy: set[str] = set()  # streams of pending updates (begin() .. finish())
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------ public API
@@ -155,14 +194,38 @@ class StreamPool:
         whole (:attr:`PoolUpdate.rejected`) and keeps its state; the others go on. All windows
         completed by the accepted streams run in ``batch_size`` chunks, one device call each.
         """
-        if not isinstance(rows, Mapping):
-            raise InputError(
-                "rows must map stream ids to {'values': ..., 'timestamps': ...} or to arrays, "
-                f"got {type(rows).__name__}",
-                reason="format",
-            )
+        entries = _entries(rows)
         with self._lock:
-            return self._update(list(rows.items()), parameters, None)
+            pending = self._begin(entries, parameters, None)
+            self._advance(pending, None)
+            return self._finish(pending)
+
+    def begin(self, rows: Mapping[str, Any], *, parameters: bool = False) -> PendingUpdate:
+        """Check each stream's rows as :meth:`update` does and reserve the accepted streams;
+        nothing is forecast or changed yet. Follow with :meth:`advance` until
+        ``forecast_done``, then :meth:`finish`, or :meth:`abandon`."""
+        with self._lock:
+            return self._begin(_entries(rows), parameters, None)
+
+    def advance(self, pending: PendingUpdate, max_windows: int | None = None) -> bool:
+        """Forecast the next ``max_windows`` windows (all that are left by default); ``True``
+        once every window is done."""
+        with self._lock:
+            self._advance(pending, max_windows)
+            return pending.forecast_done
+
+    def finish(self, pending: PendingUpdate) -> PoolUpdate:
+        """Commit a :meth:`begin` whose windows are all forecast: the accepted streams' rows,
+        counters and forecasts, as :meth:`update` returns them; the reservations end."""
+        with self._lock:
+            if not pending.forecast_done:
+                self._advance(pending, None)
+            return self._finish(pending)
+
+    def abandon(self, pending: PendingUpdate) -> None:
+        """Drop a :meth:`begin` without changing any stream (its reservations end)."""
+        with self._lock:
+            self._release(pending)
 
     def update_columnar(
         self,
@@ -196,7 +259,9 @@ class StreamPool:
             entries.append((stream, {"values": _take(array, index), "timestamps": stamps}))
             row_index[stream] = index
         with self._lock:
-            return self._update(entries, parameters, row_index)
+            pending = self._begin(entries, parameters, row_index)
+            self._advance(pending, None)
+            return self._finish(pending)
 
     def snapshot(self, path: str | Path) -> None:
         """Write every stream's state to ``path`` atomically: a temporary file in the same
@@ -306,14 +371,14 @@ class StreamPool:
         return stream in self._slots
 
     # ------------------------------------------------------------------------ updating
-    def _update(
+    def _begin(
         self,
         entries: list[tuple[Any, Any]],
         parameters: bool,
         row_index: dict[str, np.ndarray] | None,
-    ) -> PoolUpdate:
-        result = PoolUpdate()
+    ) -> PendingUpdate:
         accepted: list[_Accepted] = []
+        rejected: list[StreamRejection] = []
         for stream, entry in entries:
             try:
                 accepted.append(self._check(stream, entry))
@@ -322,31 +387,85 @@ class StreamPool:
                 if row is not None and row_index is not None and stream in row_index:
                     row = int(row_index[stream][row])
                 message = f"stream {stream!r}: {err}".replace("\n", " ")
-                result.rejected.append(StreamRejection(str(stream), err.reason, message, row))
+                rejected.append(StreamRejection(str(stream), err.reason, message, row))
                 self._rejected[err.reason] += 1
+            except Exception as err:  # a bug met by this stream's rows: refuse it alone
+                logger.exception("checking the rows of stream %r failed", stream)
+                rejected.append(internal_rejection(stream, err))
+                self._rejected["internal"] += 1
         accepted = [a for a in accepted if a.n_new]
-        forecasts = self._forecast(accepted)  # before any state changes: may raise
-        for a in accepted:  # this call's streams are the most recent: evict others first
-            if a.slot is not None:
-                self._slots.move_to_end(a.stream)
-        point = forecasts[..., self.forecaster._point_index]
-        ends = [a.times[len(a.times) - a.n_windows :] for a in accepted if a.times is not None]
-        stamps, horizons = self._format_times(np.concatenate(ends) if ends else None)
-        start = timed = 0
-        for a in accepted:
-            for j in range(start, start + a.n_windows):
-                timestamp = horizon = None
-                if a.times is not None:
-                    timestamp, horizon = stamps[timed], horizons[timed]
-                    timed += 1
-                result.forecasts.append(
-                    StreamForecast(
-                        a.stream, timestamp, horizon, point[j], forecasts[j] if parameters else None
+        ends = np.cumsum([0] + [a.n_windows for a in accepted])
+        shape = (
+            self.forecaster.output_chunk_length,
+            len(self.forecaster.targets),
+            self.forecaster.n_parameters,
+        )
+        forecasts = np.empty((int(ends[-1]), *shape), np.float32)
+        self._busy.update(a.stream for a in accepted)
+        return PendingUpdate(parameters, accepted, rejected, forecasts, ends)
+
+    def _advance(self, pending: PendingUpdate, max_windows: int | None) -> None:
+        """Forecast windows ``[done, done + max_windows)``; when the batched call fails, each
+        stream's windows alone, so that only the streams the runtime fails on are refused."""
+        if pending.closed:
+            raise ValueError("this update was finished or abandoned")
+        start = pending.done
+        stop = pending.windows if max_windows is None else min(pending.windows, start + max_windows)
+        if stop <= start:
+            return
+        try:
+            pending.forecasts[start:stop] = self._forecast(pending, start, stop)
+        except Exception:
+            for k, a in enumerate(pending.accepted):
+                lo, hi = max(start, int(pending.ends[k])), min(stop, int(pending.ends[k + 1]))
+                if lo >= hi or a.stream in pending.failed:
+                    continue
+                try:
+                    pending.forecasts[lo:hi] = self._forecast(pending, lo, hi)
+                except Exception as err:
+                    logger.exception("forecasting stream %r failed", a.stream)
+                    pending.failed[a.stream] = f"{type(err).__name__}: {err}"
+        pending.done = stop
+
+    def _finish(self, pending: PendingUpdate) -> PoolUpdate:
+        """Forecasts and state of every accepted stream the runtime did not fail on."""
+        result = PoolUpdate(rejected=list(pending.rejected))
+        try:
+            for a in pending.accepted:  # the most recent: evict others first
+                if a.slot is not None and self._slots.get(a.stream) == a.slot:
+                    self._slots.move_to_end(a.stream)
+            point = pending.forecasts[..., self.forecaster._point_index]
+            for k, a in enumerate(pending.accepted):
+                if a.stream in pending.failed:
+                    result.rejected.append(internal_rejection(a.stream, pending.failed[a.stream]))
+                    self._rejected["internal"] += 1
+                    continue
+                try:
+                    stamps, horizons = self._stream_times(a)
+                except InputError as err:
+                    message = f"stream {a.stream!r}: {err}"
+                    result.rejected.append(StreamRejection(a.stream, err.reason, message, None))
+                    self._rejected[err.reason] += 1
+                    continue
+                for i, j in enumerate(range(int(pending.ends[k]), int(pending.ends[k + 1]))):
+                    result.forecasts.append(
+                        StreamForecast(
+                            a.stream,
+                            stamps[i] if stamps else None,
+                            horizons[i] if horizons else None,
+                            point[j],
+                            pending.forecasts[j] if pending.parameters else None,
+                        )
                     )
-                )
-            start += a.n_windows
-            self._commit(a)
+                self._commit(a)
+        finally:
+            self._release(pending)
         return result
+
+    def _release(self, pending: PendingUpdate) -> None:
+        if not pending.closed:
+            pending.closed = True
+            self._busy.difference_update(a.stream for a in pending.accepted)
 
     def _check(self, stream: Any, entry: Any) -> _Accepted:
         """One stream's rows, checked as :meth:`RollingForecaster.update` checks them, with its
@@ -365,6 +484,11 @@ class StreamPool:
             values, timestamps = entry["values"], entry.get("timestamps")
         else:
             values, timestamps = entry, None
+        if stream in self._busy:
+            raise InputError(
+                "another update of this stream is in progress; send these rows again after it",
+                reason="busy",
+            )
         forecaster = self.forecaster
         if isinstance(values, Mapping):  # {column: list of values}
             forecaster._check_columns([str(c) for c in values])
@@ -394,42 +518,54 @@ class StreamPool:
         n_windows = max(0, len(combined) - self._icl + 1)
         return _Accepted(stream, slot, combined, len(values), times, n_windows)
 
-    def _forecast(self, accepted: list[_Accepted]) -> np.ndarray:
-        """All accepted streams' windows, batched: ``[windows, H, N_t, P]``."""
-        forecaster, icl = self.forecaster, self._icl
-        total = sum(a.n_windows for a in accepted)
-        shape = (forecaster.output_chunk_length, len(forecaster.targets), forecaster.n_parameters)
-        if not total:
-            return np.empty((0, *shape), np.float32)
-        windows = np.empty((total, icl, self._n), np.float32)
-        start = 0
-        for a in accepted:
-            if a.n_windows == 1:
-                windows[start] = a.combined[-icl:]
-            elif a.n_windows:
-                view = np.lib.stride_tricks.sliding_window_view(a.combined, icl, axis=0)
-                windows[start : start + a.n_windows] = view.transpose(0, 2, 1)
-            start += a.n_windows
-        return forecaster._forecast_windows(windows, self.batch_size)
+    def _forecast(self, pending: PendingUpdate, start: int, stop: int) -> np.ndarray:
+        """Windows ``[start, stop)`` of a pending update, batched: ``[windows, H, N_t, P]``."""
+        icl = self._icl
+        windows = np.empty((stop - start, icl, self._n), np.float32)
+        for k, a in enumerate(pending.accepted):
+            lo, hi = max(start, int(pending.ends[k])), min(stop, int(pending.ends[k + 1]))
+            if lo >= hi:
+                continue
+            first = lo - int(pending.ends[k])  # this stream's window index
+            view = np.lib.stride_tricks.sliding_window_view(a.combined, icl, axis=0)
+            windows[lo - start : hi - start] = view[first : first + hi - lo].transpose(0, 2, 1)
+        return self.forecaster._forecast_windows(windows, self.batch_size)
 
-    def _format_times(self, ends: np.ndarray | None) -> tuple[list, list]:
-        """Window-ending timestamps (int64 ns or steps) and their forecasts' timestamps, as the
-        bundle's index writes them: ISO 8601 strings or integers."""
-        if ends is None or not len(ends):
+    def _stream_times(self, a: _Accepted) -> tuple[list, list]:
+        """The labels of one stream's forecasts (formatted per stream: one stream's fractional
+        seconds never change another's labels); empty for an untimed stream."""
+        if a.times is None or not a.n_windows:
             return [], []
+        return self._format_times(a.times[len(a.times) - a.n_windows :])
+
+    def _format_times(self, ends: np.ndarray) -> tuple[list, list]:
+        """Window-ending timestamps (int64 ns or steps) and their forecasts' timestamps, as the
+        bundle's index writes them: ISO 8601 strings or integers. A horizon beyond what int64
+        holds is an :class:`InputError` (the rows' times are too close to the end of time)."""
         forecaster = self.forecaster
         time = forecaster.time
-        if time.get("step_ns") or time.get("step"):  # a fixed step: one horizon, shifted
-            first = forecaster.horizon_index(ends[0])
-            if first is None:
-                return _as_labels(ends, time), [None] * len(ends)
-            offsets = first.astype(np.int64) - np.int64(ends[0])
-            horizons = ends[:, None] + offsets[None, :]
-        else:
-            index = [forecaster.horizon_index(t) for t in ends]
-            if index[0] is None:
-                return _as_labels(ends, time), [None] * len(ends)
-            horizons = np.stack([np.asarray(h).astype(np.int64) for h in index])
+        try:
+            if time.get("step_ns") or time.get("step"):  # a fixed step: one horizon, shifted
+                first = forecaster.horizon_index(ends[0])
+                if first is None:
+                    return _as_labels(ends, time), [None] * len(ends)
+                offsets = first.astype(np.int64) - np.int64(ends[0])
+                with np.errstate(over="raise"):
+                    horizons = ends[:, None] + offsets[None, :]
+                if (horizons[:, -1] < ends).any():
+                    raise OverflowError("int64 overflow")
+            else:
+                index = [forecaster.horizon_index(t) for t in ends]
+                if index[0] is None:
+                    return _as_labels(ends, time), [None] * len(ends)
+                horizons = np.stack([np.asarray(h).astype(np.int64) for h in index])
+        except (OverflowError, FloatingPointError, ValueError) as err:  # pandas: out of bounds
+            last = _as_labels(ends[-1:], time)[0]
+            raise InputError(
+                f"the forecast after {last} would end beyond the latest time the index can "
+                f"hold ({type(err).__name__})",
+                reason="timestamps",
+            ) from None
         return _as_labels(ends, time), _as_labels(horizons, time)
 
     def _commit(self, a: _Accepted) -> None:
@@ -547,6 +683,24 @@ def _read_snapshot(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     if missing:
         raise SnapshotError(f"{path} is damaged: its header lacks {sorted(missing)}")
     return header, arrays
+
+
+def _entries(rows: Any) -> list[tuple[Any, Any]]:
+    """The ``(stream, rows)`` pairs of an :meth:`StreamPool.update` argument."""
+    if not isinstance(rows, Mapping):
+        raise InputError(
+            "rows must map stream ids to {'values': ..., 'timestamps': ...} or to arrays, "
+            f"got {type(rows).__name__}",
+            reason="format",
+        )
+    return list(rows.items())
+
+
+def internal_rejection(stream: Any, err: BaseException | str) -> StreamRejection:
+    """A stream refused because the runtime failed on it (not its input's fault)."""
+    what = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+    message = f"stream {stream!r}: the server failed on this stream's rows ({what[:200]})"
+    return StreamRejection(str(stream), "internal", message.replace("\n", " "), None)
 
 
 def _from_lists(values: Any) -> Any:

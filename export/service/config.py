@@ -1,0 +1,132 @@
+"""The options of ``timesclip-darts serve`` (:class:`ServeConfig`) and the files they name: the
+bundle's manifest and the snapshot folder's layout. No Ray: the CLI, the shards, the ingress and
+the launcher (:mod:`timesclip_export.service.server`) all read them from here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from timesclip_darts.atomic_files import write_text_atomic
+
+APP_NAME = "timesclip"
+# Windows per device call by default. It is also the step in which a large request runs between
+# other requests' batches, so on a CPU, where a window costs the same in a batch of 32 as of 256,
+# a small step keeps other streams' latency low; a GPU needs large batches to be busy.
+CPU_BATCH_SIZE = 32
+GPU_BATCH_SIZE = 256
+LAYOUT_FILE = "layout.json"
+SNAPSHOT_FORMAT = "shard-{index}-of-{shards}.snapshot"
+LATENCY_BOUNDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+
+
+@dataclass
+class ServeConfig:
+    """Options of ``timesclip-darts serve`` (see its ``--help``)."""
+
+    bundle: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    replicas: int = 1
+    shards: int = 1
+    num_gpus: float = 0.0
+    address: str | None = None
+    token: str | None = None
+    max_request_bytes: int = 8 << 20
+    max_streams: int | None = None
+    snapshot_dir: str | None = None
+    snapshot_every: float = 60.0
+    device: str = "cpu"
+    vision: str = "auto"
+    batch_size: int | None = None  # None: CPU_BATCH_SIZE on the CPU, else GPU_BATCH_SIZE
+    batch_wait_ms: float = 1.0
+    max_rows_per_stream: int = 1024
+    max_streams_per_request: int = 1024
+    request_timeout_s: float = 60.0
+    max_queued_requests: int = 1000
+    metrics_port: int | None = None
+    trusted_key: str | None = None
+    access_log: bool = False
+
+    def limits(self) -> dict:
+        """The bounds of the work one request may ask for (``GET /v1/model``)."""
+        return {
+            "max_request_bytes": self.max_request_bytes,
+            "max_rows_per_stream": self.max_rows_per_stream,
+            "max_streams_per_request": self.max_streams_per_request,
+            "windows_per_device_call": self.batch_size,
+            "request_timeout_s": self.request_timeout_s,
+        }
+
+    def check(self) -> None:
+        if self.batch_size is None:
+            self.batch_size = CPU_BATCH_SIZE if self.device == "cpu" else GPU_BATCH_SIZE
+        for name in (
+            "replicas",
+            "shards",
+            "batch_size",
+            "max_rows_per_stream",
+            "max_streams_per_request",
+            "max_queued_requests",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.request_timeout_s <= 0:
+            raise ValueError("--request-timeout must be positive (seconds)")
+        if self.num_gpus < 0:
+            raise ValueError("--num-gpus must be 0 or more")
+        if self.max_request_bytes < 1024:
+            raise ValueError("--max-request-bytes must be at least 1024")
+        if self.max_streams is not None and self.max_streams < 1:
+            raise ValueError("--max-streams must be at least 1")
+        if self.snapshot_every <= 0:
+            raise ValueError("--snapshot-every must be positive (seconds)")
+        if self.batch_wait_ms < 0:
+            raise ValueError("--batch-wait-ms must be 0 or more")
+
+
+def snapshot_path(config: ServeConfig, index: int) -> Path | None:
+    if not config.snapshot_dir:
+        return None
+    return Path(config.snapshot_dir) / SNAPSHOT_FORMAT.format(index=index, shards=config.shards)
+
+
+def check_snapshot_dir(config: ServeConfig, manifest: dict) -> None:
+    """Create ``--snapshot-dir`` or check that its snapshots were written for this bundle and
+    this many shards (streams are placed by shard count: another count would misroute them)."""
+    if not config.snapshot_dir:
+        return
+    folder = Path(config.snapshot_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    layout = {"shards": config.shards, "bundle_manifest_sha256": _manifest_digest(manifest)}
+    path = folder / LAYOUT_FILE
+    if path.is_file():
+        try:
+            found = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} is unreadable ({err}); use another --snapshot-dir") from err
+        if found.get("shards") != config.shards:
+            raise ValueError(
+                f"--snapshot-dir {folder} holds snapshots of {found.get('shards')} shard(s); "
+                f"streams are placed by the number of shards, so start with --shards "
+                f"{found.get('shards')} or use an empty folder"
+            )
+        if found.get("bundle_manifest_sha256") != layout["bundle_manifest_sha256"]:
+            raise ValueError(
+                f"--snapshot-dir {folder} holds snapshots of another bundle; use an empty folder"
+            )
+        return
+    write_text_atomic(path, json.dumps(layout))
+
+
+def _manifest_digest(manifest: dict) -> str:
+    from timesclip_export.service.stream_pool import manifest_digest
+
+    return manifest_digest(manifest)
+
+
+def read_manifest(config: ServeConfig) -> dict:
+    from timesclip_export.bundle.format import read_manifest
+
+    return read_manifest(config.bundle, trusted_key=config.trusted_key)

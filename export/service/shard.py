@@ -1,0 +1,366 @@
+"""The shards of ``timesclip-darts serve``: one :class:`StreamPool` each, so a stream's state
+lives in exactly one process. Concurrent requests meet in ``@serve.batch`` (sized in rows, so a
+batch is at most one device call of ``--batch-size`` windows); a request too large for one batch
+runs in steps of ``--batch-size`` windows between the batches of others; failures stay with the
+stream they happened on (:mod:`timesclip_export.service.stream_pool`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections import Counter as Tally
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ray import serve
+from ray.util import metrics
+from timesclip_export.service.api import Forecast
+from timesclip_export.service.config import LATENCY_BOUNDS, ServeConfig, snapshot_path
+
+_BATCH_BOUNDS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
+logger = logging.getLogger("timesclip_export.service.shard")
+
+
+def rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _load_forecaster(config: ServeConfig) -> Any:
+    """The runtime, warmed up (the rasteriser's JIT and ORT's first run take seconds)."""
+    import numpy as np
+    from timesclip_export.runtime.forecaster import RollingForecaster
+
+    forecaster = RollingForecaster(
+        config.bundle,
+        vision=config.vision,
+        device=config.device,
+        batch_size=config.batch_size,
+        trusted_key=config.trusted_key,
+    )
+    window = np.random.default_rng(0).normal(size=(forecaster.input_chunk_length, 1))
+    forecaster.forecast(np.repeat(window, len(forecaster.inputs), axis=1))
+    return forecaster
+
+
+def _rows_in(requests: list[dict]) -> int:
+    """Size of a batch of ``Shard.rows`` requests: their rows, a bound on the windows they
+    complete, so one batch is at most one device call of ``--batch-size`` windows."""
+    return sum(len(rows["values"]) for r in requests for rows in r["streams"].values())
+
+
+def _windows_in(requests: list[dict]) -> int:
+    """Size of a batch of ``Shard.windows`` requests: their windows."""
+    return sum(len(r["windows"]) for r in requests)
+
+
+class Shard:
+    """One shard: a :class:`StreamPool` and its model behind ``@serve.batch`` methods. Pool work
+    runs on one worker thread, so updates, snapshots and reads never interleave; a request too
+    large for one batch runs there in steps of ``--batch-size`` windows, between the batches of
+    other requests."""
+
+    def __init__(self, config: dict, index: int) -> None:
+        from timesclip_export.service.stream_pool import StreamPool
+
+        self.config = ServeConfig(**config)
+        self.index = index
+        self.forecaster = _load_forecaster(self.config)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"shard{index}")
+        self._path = snapshot_path(self.config, index)
+        kwargs = {"max_streams": self.config.max_streams, "batch_size": self.config.batch_size}
+        self.restored_from: str | None = None
+        if self._path is not None and self._path.exists():
+            self.pool = StreamPool.restore(self._path, self.forecaster, **kwargs)
+            self.restored_from = str(self._path)
+        else:
+            self.pool = StreamPool(self.forecaster, **kwargs)
+        self._evictions = int(self.pool.stats()["evictions"])
+        self._batches: Tally[int] = Tally()  # requests per @serve.batch call
+        self._windows: Tally[int] = Tally()  # windows per device call
+        self._m = _ShardMetrics({"shard": str(index)})
+        self._m.streams.set(len(self.pool), tags=self._m.tags)
+        for method in (self.rows, self.windows):
+            method.set_max_batch_size(self.config.batch_size)
+            method.set_batch_wait_timeout_s(self.config.batch_wait_ms / 1000)
+        self._stop = threading.Event()
+        threading.Thread(target=self._gauge_loop, daemon=True).start()
+        if self._path is not None:
+            threading.Thread(target=self._snapshot_loop, daemon=True).start()
+        logger.info("shard %d ready, %d stream(s) restored", index, len(self.pool))
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- batched stream rows -------------------------------------------------------------
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005, batch_size_fn=_rows_in)
+    async def rows(self, requests: list[dict]) -> list[dict]:
+        """Each request: ``{"streams": {id: {"values", "timestamps"}}, "parameters": bool}``
+        of at most ``--batch-size`` rows; each answer: ``{"forecasts": {id: [Forecast]},
+        "rejected": {id: {...}}}``."""
+        return await self._run(self._rows_batch, requests)
+
+    def _rows_batch(self, requests: list[dict]) -> list[dict]:
+        start = time.perf_counter()
+        answers: list[dict] = [{"forecasts": {}, "rejected": {}} for _ in requests]
+        parameters = any(r.get("parameters") for r in requests)
+        # Rounds: a stream sent by two requests of this batch goes in two updates, in order.
+        rounds: list[dict[str, tuple[int, dict]]] = []
+        for i, request in enumerate(requests):
+            for stream, rows in request["streams"].items():
+                for batch in rounds:
+                    if stream not in batch:
+                        batch[stream] = (i, rows)
+                        break
+                else:
+                    rounds.append({stream: (i, rows)})
+        for batch in rounds:
+            known = {stream: stream in self.pool for stream in batch}
+            streams = {stream: rows for stream, (_, rows) in batch.items()}
+            try:
+                update = self.pool.update(streams, parameters=parameters)
+            except Exception as err:  # the pool isolates streams; this is a bug of its own
+                logger.exception(
+                    "shard %d: an update of %d stream(s) failed", self.index, len(batch)
+                )
+                update = _failed_update(streams, err)
+            self._windows[len(update.forecasts)] += 1
+            self._m.batch_windows.observe(len(update.forecasts), tags=self._m.tags)
+            self._record(update, batch, known, answers)
+        self._count_evictions()
+        self._batches[len(requests)] += 1
+        self._m.batch_requests.observe(len(requests), tags=self._m.tags)
+        self._m.seconds.observe(time.perf_counter() - start, tags=self._m.tags)
+        return answers
+
+    # -- one large request, in steps ------------------------------------------------------
+    async def rows_large(self, request: dict) -> dict:
+        """A ``rows`` request of more than ``--batch-size`` rows: its rows checked and its
+        streams reserved at once, its windows forecast ``--batch-size`` at a time (other
+        requests' batches run in between), its streams changed only at the end, all or none.
+        A cancelled request (client gone, timeout) changes nothing."""
+        streams, parameters = request["streams"], bool(request.get("parameters"))
+        known, pending = await self._run(self._begin, streams, parameters)
+        try:
+            while not pending.forecast_done:
+                before = pending.done
+                await self._run(self.pool.advance, pending, self.config.batch_size)
+                self._windows[pending.done - before] += 1
+                self._m.batch_windows.observe(pending.done - before, tags=self._m.tags)
+            update = await self._run(self.pool.finish, pending)
+        except BaseException:
+            await asyncio.shield(self._run(self.pool.abandon, pending))
+            raise
+        answers: list[dict] = [{"forecasts": {}, "rejected": {}}]
+        self._record(
+            update, {stream: (0, rows) for stream, rows in streams.items()}, known, answers
+        )
+        self._count_evictions()
+        return answers[0]
+
+    def _begin(self, streams: dict, parameters: bool) -> tuple[dict, Any]:
+        known = {stream: stream in self.pool for stream in streams}
+        return known, self.pool.begin(streams, parameters=parameters)
+
+    def _record(
+        self,
+        update: Any,
+        batch: dict[str, tuple[int, dict]],
+        known: dict[str, bool],
+        answers: list[dict],
+    ) -> None:
+        """An update's forecasts and refusals into the answers of the requests that sent them
+        (``batch``: stream -> (request, rows)), and into the metrics."""
+        for r in update.rejected:
+            i, rows = batch[r.stream]
+            state = self.pool.info(r.stream) or {}
+            answers[i]["rejected"][r.stream] = {
+                "reason": r.reason,
+                "message": r.message,
+                "row": r.row,
+                "known": known[r.stream],
+                "last_time": state.get("last_time"),
+            }
+            rejected_rows = max(1, len(rows["values"]))
+            self._m.rejected.inc(rejected_rows, tags={**self._m.tags, "reason": r.reason})
+        accepted = sum(
+            len(rows["values"])
+            for stream, (i, rows) in batch.items()
+            if stream not in answers[i]["rejected"]
+        )
+        for stream, (i, _) in batch.items():
+            if stream not in answers[i]["rejected"]:
+                answers[i]["forecasts"].setdefault(stream, [])
+        for forecast in update.forecasts:
+            i = batch[forecast.stream][0]
+            answers[i]["forecasts"][forecast.stream].append(Forecast.of(forecast))
+        if accepted:  # Ray's counters refuse increments of 0
+            self._m.rows.inc(accepted, tags=self._m.tags)
+        if update.forecasts:
+            self._m.forecasts.inc(len(update.forecasts), tags=self._m.tags)
+
+    def _count_evictions(self) -> None:
+        evictions = int(self.pool.stats()["evictions"])
+        if evictions > self._evictions:
+            self._m.evictions.inc(evictions - self._evictions, tags=self._m.tags)
+            self._evictions = evictions
+        self._m.streams.set(len(self.pool), tags=self._m.tags)
+
+    # -- batched stateless windows -------------------------------------------------------
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005, batch_size_fn=_windows_in)
+    async def windows(self, requests: list[dict]) -> list[dict]:
+        """``POST /v1/forecast``: each request ``{"windows": [{"values", "timestamps"}],
+        "parameters": bool}`` of ``input_chunk_length`` rows each, at most ``--batch-size``
+        windows; no stream state."""
+        return await self._run(self._windows_batch, requests)
+
+    def _windows_batch(self, requests: list[dict]) -> list[dict]:
+        from timesclip_export.service.stream_pool import StreamPool
+
+        pool = StreamPool(self.forecaster, batch_size=self.config.batch_size)  # throwaway
+        rows = {
+            f"{i}/{w}": window
+            for i, request in enumerate(requests)
+            for w, window in enumerate(request["windows"])
+        }
+        update = pool.update(rows, parameters=any(r.get("parameters") for r in requests))
+        self._windows[len(update.forecasts)] += 1
+        self._batches[len(requests)] += 1
+        self._m.batch_windows.observe(len(update.forecasts), tags=self._m.tags)
+        self._m.batch_requests.observe(len(requests), tags=self._m.tags)
+        answers: list[dict] = [{"forecasts": {}, "rejected": {}} for _ in requests]
+        for forecast in update.forecasts:  # one per window: its last row completes it
+            i, w = (int(k) for k in forecast.stream.split("/"))
+            answers[i]["forecasts"][w] = Forecast.of(forecast)
+        for rejection in update.rejected:
+            i, w = (int(k) for k in rejection.stream.split("/"))
+            message = rejection.message.split(": ", 1)[-1]  # without the throwaway stream id
+            answers[i]["rejected"][w] = {
+                "reason": rejection.reason,
+                "message": message,
+                "row": rejection.row,
+            }
+        return answers
+
+    # -- reads and admin -----------------------------------------------------------------
+    async def stream_info(self, stream: str) -> dict | None:
+        """``GET /v1/streams/{id}``: the shard, rows and last acknowledged timestamp."""
+        state = await self._run(self.pool.info, stream)
+        return None if state is None else {"stream": stream, "shard": self.index, **state}
+
+    async def drop(self, stream: str) -> bool:
+        dropped = await self._run(self.pool.drop, stream)
+        self._m.streams.set(len(self.pool), tags=self._m.tags)
+        return dropped
+
+    async def stats(self) -> dict:
+        def read() -> dict:
+            return {
+                **self.pool.stats(),
+                "shard": self.index,
+                "pid": os.getpid(),
+                "rss_bytes": rss_bytes(),
+                "restored_from": self.restored_from,
+                "batch_requests": _summary(self._batches),
+                "batch_windows": _summary(self._windows),
+                "device": self.forecaster.describe(),
+            }
+
+        return await self._run(read)
+
+    async def snapshot(self) -> str | None:
+        """Write the pool (atomically) now; the file, or ``None`` without ``--snapshot-dir``."""
+        return await self._run(self._snapshot)
+
+    def _snapshot(self) -> str | None:
+        if self._path is None:
+            return None
+        start = time.perf_counter()
+        self.pool.snapshot(self._path)
+        self._m.snapshot_seconds.observe(time.perf_counter() - start, tags=self._m.tags)
+        return str(self._path)
+
+    def _gauge_loop(self) -> None:
+        """Ray drops a gauge not set for two report intervals: set it every second."""
+        while not self._stop.wait(1.0):
+            self._m.streams.set(len(self.pool), tags=self._m.tags)
+
+    def _snapshot_loop(self) -> None:
+        while not self._stop.wait(self.config.snapshot_every):
+            try:
+                self._executor.submit(self._snapshot).result()
+            except Exception:  # keep serving; the next tick tries again
+                logger.exception("shard %d: snapshot failed", self.index)
+
+    def __del__(self) -> None:
+        if hasattr(self, "_stop"):
+            self._stop.set()
+
+
+def _failed_update(streams: dict, err: Exception) -> Any:
+    """Every stream of a failed update refused as the server's fault (their state unchanged:
+    the pool changes nothing before all its forecasts are made)."""
+    from timesclip_export.service.stream_pool import PoolUpdate, internal_rejection
+
+    return PoolUpdate(rejected=[internal_rejection(stream, err) for stream in streams])
+
+
+def _summary(tally: Tally) -> dict:
+    calls = sum(tally.values())
+    total = sum(size * n for size, n in tally.items())
+    return {
+        "calls": calls,
+        "mean": total / calls if calls else None,
+        "max": max(tally) if tally else None,
+    }
+
+
+class _ShardMetrics:
+    def __init__(self, tags: dict[str, str]) -> None:
+        self.tags = tags
+        keys = ("shard",)
+        self.rows = metrics.Counter(
+            "timesclip_serve_rows_total", "rows accepted into streams", tag_keys=keys
+        )
+        self.forecasts = metrics.Counter(
+            "timesclip_serve_forecasts_total", "forecasts made for streams", tag_keys=keys
+        )
+        self.rejected = metrics.Counter(
+            "timesclip_serve_rejected_rows_total",
+            "rows refused (whole stream updates), by reason",
+            tag_keys=("shard", "reason"),
+        )
+        self.evictions = metrics.Counter(
+            "timesclip_serve_evictions_total", "streams evicted (--max-streams)", tag_keys=keys
+        )
+        self.streams = metrics.Gauge("timesclip_serve_streams", "live streams", tag_keys=keys)
+        self.batch_requests = metrics.Histogram(
+            "timesclip_serve_batch_requests",
+            "requests per @serve.batch call",
+            boundaries=_BATCH_BOUNDS,
+            tag_keys=keys,
+        )
+        self.batch_windows = metrics.Histogram(
+            "timesclip_serve_batch_windows",
+            "windows forecast per device call",
+            boundaries=_BATCH_BOUNDS,
+            tag_keys=keys,
+        )
+        self.seconds = metrics.Histogram(
+            "timesclip_serve_shard_batch_seconds",
+            "seconds per batch in a shard",
+            boundaries=LATENCY_BOUNDS,
+            tag_keys=keys,
+        )
+        self.snapshot_seconds = metrics.Histogram(
+            "timesclip_serve_snapshot_seconds",
+            "seconds per snapshot",
+            boundaries=LATENCY_BOUNDS,
+            tag_keys=keys,
+        )
