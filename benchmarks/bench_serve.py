@@ -1,10 +1,11 @@
 """``timesclip-darts serve`` under load: forecasts/s, latency, achieved batch sizes and memory for
 1, 100 and 1,000 live streams of real ETTm1 rows (15-minute rows, as the sensors send them),
-against the one-stream-at-a-time path, and a fault run that kills a shard mid-load.
+against the one-stream-at-a-time path, small clients' latency beside a big client (stress), and
+a fault run that kills a shard mid-load.
 
     python benchmarks/bench_serve.py                     # tiny and small presets (~12 min, CPU)
     python benchmarks/bench_serve.py --preset tiny --bundle bundle/   # an ETTm1 bundle of yours
-    python benchmarks/bench_serve.py --smoke             # tiny, 1 and 20 streams, fault: ~100 s
+    python benchmarks/bench_serve.py --smoke       # tiny, 1 and 20 streams, stress, fault: ~2 min
 
 For each preset it trains a model on ETTm1 (``bench_runtime.train_model``) and exports it with
 its scaler, so the streams send raw rows in the original units; then starts the server in this
@@ -21,6 +22,15 @@ process (``timesclip_export.service.server.start``: a local Ray, Serve's HTTP pr
   ``RollingForecaster.rolling`` over the same rows (the batch path);
 - first preset: the shard's RSS after each of ``--steady-ticks`` bulk rows of the largest level
   (flat or not);
+- first preset, stress (``--no-stress`` skips it): ``--stress-clients`` (16) small clients, each
+  owning a stream primed with ``input_chunk_length`` rows and sending one row a request in a
+  closed loop, for ``--stress-seconds`` (20; smoke 5) alone ("unloaded"), then as long beside one
+  big client sending its own stream the most rows a request may hold (``GET /v1/model``'s
+  ``limits.max_rows_per_stream``, else 1024; ``--stress-rows N`` also starts the server with
+  ``--max-rows-per-stream N``), ETTm1 rows cycling under generated 15-minute timestamps
+  ("loaded"); reports the small clients' p50/p99, requests/s and errors per phase, the big
+  client's requests, seconds a request, rows/s and error codes, and whether the small clients'
+  p99 loaded stays within 2x of unloaded (the goal; reported, not asserted);
 - with the server stopped, in this process: the one-stream-at-a-time path
   (``RollingForecaster.update`` with one row per call, each stream's state swapped in: one
   forecaster per stream would hold the same model many times; the call is the same) and the
@@ -84,16 +94,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fault-tick-s", type=float, default=1.0, help="seconds per row")
     parser.add_argument("--snapshot-every", type=float, default=2.0)
     parser.add_argument("--no-fault", action="store_true", help="skip the fault run")
+    parser.add_argument("--stress-seconds", type=float, default=20.0, help="per stress phase")
+    parser.add_argument(
+        "--stress-clients", type=int, default=16, help="small stress clients, a stream each"
+    )
+    parser.add_argument(
+        "--stress-rows",
+        type=int,
+        help="rows a request of the big stress client; also the server's --max-rows-per-stream "
+        "(default: GET /v1/model's limits.max_rows_per_stream, else 1024; not passed)",
+    )
+    parser.add_argument("--no-stress", action="store_true", help="skip the stress case")
     parser.add_argument("--port", type=int, default=0, help="HTTP port (default: a free one)")
     parser.add_argument("--data-dir", help="ETT CSV folder (default ../shared/data/ETT)")
     parser.add_argument("--out", help="JSON file (default benchmarks/results/serve.json)")
-    parser.add_argument("--smoke", action="store_true", help="tiny, 1 and 20 streams, < 2 min")
+    parser.add_argument("--smoke", action="store_true", help="tiny, 1 and 20 streams, ~2 min")
     args = parser.parse_args(argv)
     if args.smoke:
         args.preset, args.streams, args.ticks = "tiny", [1, 20], [4, 2]
         args.horizon, args.train_windows, args.serial_calls, args.steady_ticks = 24, 64, 10, 3
         args.fault_streams, args.fault_ticks, args.clients, args.bulk = 10, 9, 8, 10
-        args.snapshot_every, args.fault_tick_s = 1.0, 0.5
+        args.snapshot_every, args.fault_tick_s, args.stress_seconds = 1.0, 0.5, 5.0
     if len(args.ticks) != len(args.streams):
         parser.error("--ticks needs one value per --streams level")
     return args
@@ -207,11 +228,21 @@ def prime(port: int, streams: Streams, data, rows: int, bulk: int) -> None:
 
 
 def drive(
-    port: int, streams: Streams, data, ticks: int, mode: str, clients: int, bulk: int
+    port: int,
+    streams: Streams,
+    data,
+    ticks: int,
+    mode: str,
+    clients: int,
+    bulk: int,
+    seconds: float | None = None,
 ) -> dict:
-    """Send ``ticks`` new rows per stream; every row should get one forecast back."""
+    """Send ``ticks`` new rows per stream; every row should get one forecast back. With
+    ``seconds``, each client stops sending once that long has passed (closed loop: its next
+    request as soon as the answer arrives), ``ticks`` being then a cap."""
     stamps, values, columns = data
     n = len(streams.names)
+    sent_before = streams.sent.copy()
     latencies: list[float] = []
     errors: list[str] = []
     forecasts = [0]
@@ -229,6 +260,8 @@ def drive(
         mine, seen, errs = [], 0, []
         try:
             for _ in range(ticks):
+                if deadline is not None and time.perf_counter() >= deadline:
+                    break
                 for group in my_groups:
                     for_bulk = {}
                     for i in group:
@@ -274,21 +307,25 @@ def drive(
 
     threads = [threading.Thread(target=worker, args=(g,), daemon=True) for g in groups_per_worker]
     start = time.perf_counter()
+    deadline = None if seconds is None else start + seconds
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=1800)
-    seconds = time.perf_counter() - start
+    elapsed = time.perf_counter() - start
     ms = np.asarray(latencies) * 1e3 if latencies else np.zeros(1)
     return {
         "mode": mode,
         "streams": n,
-        "ticks": ticks,
+        "ticks": ticks if seconds is None else None,
         "requests": len(latencies),
         "forecasts": forecasts[0],
-        "expected_forecasts": n * ticks,
-        "seconds": seconds,
-        "forecasts_per_s": forecasts[0] / seconds,
+        "expected_forecasts": n * ticks
+        if seconds is None
+        else int((streams.sent - sent_before).sum()),
+        "seconds": elapsed,
+        "forecasts_per_s": forecasts[0] / elapsed,
+        "requests_per_s": len(latencies) / elapsed,
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),
         "errors": len(errors),
@@ -434,6 +471,121 @@ def steady_rss(args: argparse.Namespace, port: int, data, icl: int, client: Clie
     return {"streams": n, "ticks": args.steady_ticks, "shard_rss_mb": trace, "errors": errors}
 
 
+def big_stream(port: int, data, name: str, rows: int, stop: threading.Event) -> dict:
+    """Send stream ``name`` ``rows`` rows a request until ``stop`` is set (closed loop): ETTm1
+    rows cycling through the data, timestamps generated at its frequency so the stream never
+    runs out; each request's rows follow the last accepted ones."""
+    stamps, values, columns = data
+    first = np.datetime64(stamps[0], "s")
+    step = np.datetime64(stamps[1], "s") - first
+    client = Client(port, timeout=600)
+    latencies: list[float] = []
+    codes: dict[str, int] = {}
+    sample: list[str] = []
+    accepted = 0
+    start = time.perf_counter()
+    try:
+        while not stop.is_set():
+            index = np.arange(accepted, accepted + rows)
+            times = np.datetime_as_string(first + step * index, unit="s").tolist()
+            block = np.take(values, index, axis=0, mode="wrap")
+            t0 = time.perf_counter()
+            try:
+                status, out = client.request(
+                    "POST", f"/v1/streams/{name}/rows", rows_body(times, block, columns, 0, rows)
+                )
+            except Exception as err:  # counted, never hidden
+                status, out = 599, {"error": f"{type(err).__name__}: {err}"}
+            if status == 200:
+                latencies.append(time.perf_counter() - t0)
+                accepted += rows
+                continue
+            codes[str(status)] = codes.get(str(status), 0) + 1
+            if len(sample) < 3:
+                sample.append(f"{status} {str(out)[:200]}")
+            stop.wait(0.1)  # an error answers fast: do not spin on it
+    finally:
+        client.close()
+    seconds = time.perf_counter() - start
+    return {
+        "rows_per_request": rows,
+        "requests": len(latencies),
+        "mean_s_per_request": float(np.mean(latencies)) if latencies else None,
+        "rows_per_s": accepted / seconds,
+        "seconds": seconds,
+        "errors": sum(codes.values()),
+        "error_codes": codes,
+        "error_sample": sample,
+    }
+
+
+def stress_phase(
+    args: argparse.Namespace, port: int, data, forecaster, shards: int, preset: str
+) -> dict:
+    """``--stress-clients`` small clients, one stream and one row a request each (closed loop),
+    for ``--stress-seconds`` alone ("unloaded"), then as long again beside one big client
+    sending the most rows a stream may send in a request ("loaded")."""
+    from timesclip_export.service.api import shard_for
+
+    client = Client(port)
+    icl = forecaster.input_chunk_length
+    limits = client.request("GET", "/v1/model")[1].get("limits") or {}
+    server_rows = limits.get("max_rows_per_stream")
+    rows = args.stress_rows or server_rows or 1024
+    n, seconds = args.stress_clients, args.stress_seconds
+    cap = min(int(300 * seconds), (len(data[1]) - icl - 2) // 2)  # rows per stream and phase
+    streams = Streams.make(n, f"{preset}-stress", len(data[1]), icl + 1 + 2 * cap, seed=4)
+    prime(port, streams, data, icl, args.bulk)
+    drive(port, streams, data, 1, "per_stream", n, args.bulk)  # warm-up tick
+    before = rss_of(client.request("GET", "/v1/stats")[1])
+    phases = {"unloaded": drive(port, streams, data, cap, "per_stream", n, args.bulk, seconds)}
+    stop, big = threading.Event(), {}
+    big_name = f"{preset}-stress-big"
+    thread = threading.Thread(
+        target=lambda: big.update(big_stream(port, data, big_name, rows, stop)), daemon=True
+    )
+    thread.start()
+    phases["loaded"] = drive(port, streams, data, cap, "per_stream", n, args.bulk, seconds)
+    stop.set()
+    thread.join(timeout=900)
+    after = rss_of(client.request("GET", "/v1/stats")[1])
+    check = check_against_rolling(forecaster, streams, data, args.check_streams)
+    for name in [*streams.names, big_name]:
+        client.request("DELETE", f"/v1/streams/{name}")
+    client.close()
+    small = {
+        phase: {
+            key: level[key]
+            for key in ("requests", "p50_ms", "p99_ms", "requests_per_s", "errors", "error_sample")
+        }
+        for phase, level in phases.items()
+    }
+    ratio = {
+        q: small["loaded"][f"{q}_ms"] / small["unloaded"][f"{q}_ms"]
+        if small["loaded"]["requests"] and small["unloaded"]["requests"]
+        else None
+        for q in ("p50", "p99")
+    }
+    return {
+        "preset": preset,
+        "shards": shards,
+        "small_clients": n,
+        "small_streams_on_big_shard": sum(
+            shard_for(name, shards) == shard_for(big_name, shards) for name in streams.names
+        ),
+        "seconds_per_phase": seconds,
+        "max_rows_per_stream": {"server": server_rows, "used": rows},
+        "small": small,
+        "big": big,
+        "loaded_over_unloaded": ratio,
+        "goal": "small-client p99 loaded within 2x of unloaded",
+        "goal_met": None if ratio["p99"] is None else ratio["p99"] <= 2.0,
+        "check": check,
+        "rss_before": before,
+        "rss_after": after,
+    }
+
+
 def run_preset(
     args: argparse.Namespace,
     bundle: Path,
@@ -442,14 +594,18 @@ def run_preset(
     folder: Path,
     fault: bool,
     steady: bool = False,
+    stress: bool = False,
 ) -> dict:
     """Start a server for ``bundle``, run the stream levels, the one-at-a-time path and the
-    in-process ceiling; with ``steady``, an RSS trace under a long bulk load; with ``fault``,
-    the fault run on the same server (two shards)."""
+    in-process ceiling; with ``steady``, an RSS trace under a long bulk load; with ``stress``,
+    small clients beside a big one; with ``fault``, the fault run on the same server (two
+    shards)."""
     from timesclip_export.runtime.forecaster import RollingForecaster
     from timesclip_export.service import server
 
     port = args.port or free_port()
+    # --stress-rows is the server's --max-rows-per-stream; not passed otherwise.
+    limits = {"max_rows_per_stream": args.stress_rows} if args.stress_rows else {}
     config = server.ServeConfig(
         bundle=str(bundle),
         port=port,
@@ -458,6 +614,7 @@ def run_preset(
         device="cpu",
         snapshot_dir=str(folder / f"snapshots_{preset}") if fault else None,
         snapshot_every=args.snapshot_every,
+        **limits,
     )
     started = time.perf_counter()
     server.start(config, quiet=True)
@@ -496,6 +653,9 @@ def run_preset(
         result["rss_end"] = rss_of(client.request("GET", "/v1/stats")[1])
         if steady:
             result["steady"] = steady_rss(args, port, data, icl, client)
+        if stress:
+            result["stress"] = stress_phase(args, port, data, forecaster, config.shards, preset)
+            print(_stress_lines(result["stress"]), flush=True)
         if fault:
             result["fault"] = fault_phase(args, port, data, icl)
     finally:
@@ -658,6 +818,36 @@ def _level_line(preset: str, level: dict) -> str:
     )
 
 
+def _stress_lines(stress: dict) -> str:
+    """The stress case in a few lines: small clients per phase, the big client, the ratios."""
+    lines = [
+        f"stress ({stress['preset']}, {stress['shards']} shard(s)): {stress['small_clients']} "
+        f"small clients ({stress['small_streams_on_big_shard']} on the big stream's shard), 1 row "
+        f"a request each, {stress['seconds_per_phase']:g} s per phase"
+    ]
+    for phase, small in stress["small"].items():
+        lines.append(
+            f"  {phase:<9} small: {small['requests']:>6} requests, p50 {small['p50_ms']:.1f} ms, "
+            f"p99 {small['p99_ms']:.1f} ms, {small['requests_per_s']:.1f} requests/s, errors "
+            f"{small['errors']}"
+        )
+    big = stress["big"]
+    mean = big.get("mean_s_per_request")
+    lines.append(
+        f"  loaded    big: {big.get('rows_per_request')} rows a request, {big.get('requests')} "
+        f"requests, {'-' if mean is None else f'{mean:.2f}'} s a request, "
+        f"{big.get('rows_per_s', 0):.0f} rows/s, errors {big.get('errors')}"
+        + (f" {big['error_codes']}" if big.get("error_codes") else "")
+    )
+    ratio = stress["loaded_over_unloaded"]
+    verdict = {True: "met", False: "NOT met", None: "unknown"}[stress["goal_met"]]
+    lines.append(
+        f"  loaded/unloaded small p50 x{ratio['p50'] or 0:.2f}, p99 x{ratio['p99'] or 0:.2f}; "
+        f"goal ({stress['goal']}): {verdict}"
+    )
+    return "\n".join(lines)
+
+
 HEADER = "preset streams mode        fcst/s   p50 ms    p99 ms  req/b  win/call errors  max|diff|"
 
 
@@ -697,6 +887,8 @@ def print_table(result: dict) -> None:
                 f"{run['steady']['ticks']} bulk rows, shard RSS MB first {trace[0]:.0f}, min "
                 f"{min(trace):.0f}, max {max(trace):.0f}, last {trace[-1]:.0f}"
             )
+    if "stress" in result:
+        print(f"\n{_stress_lines(result['stress'])}")
     fault = result.get("fault")
     if fault:
         print(
@@ -713,8 +905,16 @@ def print_table(result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.filterwarnings("ignore")
+    import dataclasses
+
     import torch
     from timesclip_export.bundle.format import library_versions
+    from timesclip_export.service.server import ServeConfig
+
+    if args.stress_rows and "max_rows_per_stream" not in {
+        f.name for f in dataclasses.fields(ServeConfig)
+    }:
+        raise SystemExit("this server has no --max-rows-per-stream yet; drop --stress-rows")
 
     data = load_rows(args.data_dir)
     presets = ["tiny", "small"] if args.preset == "both" else [args.preset]
@@ -744,9 +944,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             fault_here = shared_fault and preset == presets[0]
             steady = preset == presets[0] and args.steady_ticks > 0
-            run = run_preset(args, bundles[preset], data, preset, folder, fault_here, steady)
+            stress = preset == presets[0] and not args.no_stress
+            run = run_preset(
+                args, bundles[preset], data, preset, folder, fault_here, steady, stress
+            )
             if fault_here:
                 result["fault"] = run.pop("fault")
+            if stress:
+                result["stress"] = run.pop("stress")
             result["presets"].append(run)
         if not args.no_fault and not shared_fault:
             result["fault"] = fault_run(args, bundles[presets[0]], data, folder)
@@ -760,6 +965,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwrote {out} ({result['seconds']} s)")
     errors = sum(level["errors"] for run in result["presets"] for level in run["levels"])
     fault = result.get("fault") or {}
+    stress = result.get("stress")
+    if stress:  # small clients must not fail; the big one must get something through
+        errors += sum(phase["errors"] for phase in stress["small"].values())
+        errors += not stress["big"].get("requests")
     return 1 if errors or fault.get("other_errors") else 0
 
 
