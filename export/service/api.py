@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 
 API_VERSION = "v1"
-STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@~-]{0,199}$")
+STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@~-]{0,199}")  # whole string: fullmatch
 ROW_FIELDS = frozenset({"timestamps", "values", "quantiles", "parameters", "horizon"})
 OUTPUT_FIELDS = frozenset({"quantiles", "parameters", "horizon"})
 HORIZON_FORMATS = ("full", "compact")
@@ -79,7 +79,7 @@ def shard_for(stream: str, n_shards: int) -> int:
 
 
 def check_stream_id(stream: Any) -> str:
-    if not isinstance(stream, str) or not STREAM_ID.match(stream):
+    if not isinstance(stream, str) or not STREAM_ID.fullmatch(stream):
         raise ApiError(
             422 if isinstance(stream, str) else 400,
             "stream_id",

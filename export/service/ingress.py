@@ -202,6 +202,8 @@ def _route(name: str, public: bool = False) -> Any:
             try:
                 if not public:
                     self._authorize(request)
+                if b"%2f" in request.scope.get("raw_path", b"").lower():  # routed as a '/'
+                    raise ApiError(422, "stream_id", "stream ids cannot hold '/' (%2F in the path)")
                 try:
                     async with asyncio.timeout(self.config.request_timeout_s):
                         response = await handler(self, request, *args, **kwargs)
@@ -210,8 +212,9 @@ def _route(name: str, public: bool = False) -> Any:
                         504,
                         "timeout",
                         f"the request took longer than {self.config.request_timeout_s} s "
-                        "(--request-timeout); nothing of it was acknowledged: send smaller "
-                        "requests",
+                        "(--request-timeout) and was cancelled; a stream's rows are stored "
+                        "whole or not at all: GET /v1/streams/{id} gives its last row; send "
+                        "smaller requests",
                         limit=self.config.request_timeout_s,
                     ) from None
                 status = response.status_code
@@ -457,15 +460,7 @@ class Ingress:
         streams = expect_object(parsed.get("streams"), "'streams'")
         if not streams:
             raise ApiError(422, "shape", "'streams' is empty; send {\"streams\": {id: rows}}")
-        limit = self.config.max_streams_per_request
-        if len(streams) > limit:
-            raise ApiError(
-                413,
-                "too_many_streams",
-                f"{len(streams)} streams in one request; the limit is {limit} "
-                "(--max-streams-per-request): send them in several requests",
-                limit=limit,
-            )
+        self._check_count(len(streams), "streams")
         rows, results = {}, {}
         for stream, body_rows in streams.items():
             try:
@@ -486,15 +481,7 @@ class Ingress:
         windows = parsed.get("windows")
         if not isinstance(windows, list) or not windows:
             raise ApiError(422, "shape", "'windows' must be a non-empty list of windows")
-        limit = self.config.max_streams_per_request
-        if len(windows) > limit:
-            raise ApiError(
-                413,
-                "too_many_windows",
-                f"{len(windows)} windows in one request; the limit is {limit} "
-                "(--max-streams-per-request): send them in several requests",
-                limit=limit,
-            )
+        self._check_count(len(windows), "windows")
         icl = self.spec.input_chunk_length
         out = []
         for w, window in enumerate(windows):
@@ -517,6 +504,18 @@ class Ingress:
         return output, out
 
     # -- plumbing ------------------------------------------------------------------------
+    def _check_count(self, count: int, what: str) -> None:
+        """413 ``too_many_<what>`` for more streams or windows than one request may hold."""
+        limit = self.config.max_streams_per_request
+        if count > limit:
+            raise ApiError(
+                413,
+                f"too_many_{what}",
+                f"{count} {what} in one request; the limit is {limit} "
+                "(--max-streams-per-request): send them in several requests",
+                limit=limit,
+            )
+
     def _authorize(self, request: Request) -> None:
         if self._token is None:
             return
