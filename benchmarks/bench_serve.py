@@ -83,7 +83,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bulk", type=int, default=100, help="streams per /v1/rows request")
     parser.add_argument("--horizon", type=int, default=96)
     parser.add_argument("--train-windows", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=256, help="windows per device call")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="windows per device call (default: the server's, 32 on the CPU)",
+    )
     parser.add_argument("--serial-calls", type=int, default=200, help="one-at-a-time calls")
     parser.add_argument(
         "--steady-ticks", type=int, default=30, help="bulk rows per stream for the RSS trace"
@@ -619,7 +624,7 @@ def run_preset(
     started = time.perf_counter()
     server.start(config, quiet=True)
     startup_s = time.perf_counter() - started
-    forecaster = RollingForecaster(bundle, device="cpu", batch_size=args.batch_size)
+    forecaster = RollingForecaster(bundle, device="cpu", batch_size=config.batch_size)
     icl = forecaster.input_chunk_length
     client = Client(port)
     result: dict = {

@@ -7,6 +7,7 @@ stream they happened on (:mod:`timesclip_export.service.stream_pool`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -20,6 +21,9 @@ from ray.util import metrics
 from timesclip_export.service.api import Forecast
 from timesclip_export.service.config import LATENCY_BOUNDS, ServeConfig, snapshot_path
 
+# A large request's steps wait for the batched requests queued then, for at most this many times
+# its last step's duration: under load it gets 1 / (1 + this) of the shard's time, at least.
+_BATCHES_PER_STEP = 2
 _BATCH_BOUNDS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
 logger = logging.getLogger("timesclip_export.service.shard")
 
@@ -86,7 +90,10 @@ class Shard:
         self._windows: Tally[int] = Tally()  # windows per device call
         self._m = _ShardMetrics({"shard": str(index)})
         self._m.streams.set(len(self.pool), tags=self._m.tags)
-        for method in (self.rows, self.windows):
+        self._batched = 0  # rows requests waiting in or running their @serve.batch
+        self._no_batches = asyncio.Event()
+        self._no_batches.set()
+        for method in (self._rows_batched, self.windows):
             method.set_max_batch_size(self.config.batch_size)
             method.set_batch_wait_timeout_s(self.config.batch_wait_ms / 1000)
         self._stop = threading.Event()
@@ -99,11 +106,22 @@ class Shard:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # -- batched stream rows -------------------------------------------------------------
+    async def rows(self, request: dict) -> dict:
+        """``{"streams": {id: {"values", "timestamps"}}, "parameters": bool}`` of at most
+        ``--batch-size`` rows -> ``{"forecasts": {id: [Forecast]}, "rejected": {id: {...}}}``,
+        batched with the other requests; counted while it waits, so that a large request's
+        steps let it go first."""
+        self._batched += 1
+        self._no_batches.clear()
+        try:
+            return await self._rows_batched(request)
+        finally:
+            self._batched -= 1
+            if not self._batched:
+                self._no_batches.set()
+
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005, batch_size_fn=_rows_in)
-    async def rows(self, requests: list[dict]) -> list[dict]:
-        """Each request: ``{"streams": {id: {"values", "timestamps"}}, "parameters": bool}``
-        of at most ``--batch-size`` rows; each answer: ``{"forecasts": {id: [Forecast]},
-        "rejected": {id: {...}}}``."""
+    async def _rows_batched(self, requests: list[dict]) -> list[dict]:
         return await self._run(self._rows_batch, requests)
 
     def _rows_batch(self, requests: list[dict]) -> list[dict]:
@@ -142,15 +160,24 @@ class Shard:
     # -- one large request, in steps ------------------------------------------------------
     async def rows_large(self, request: dict) -> dict:
         """A ``rows`` request of more than ``--batch-size`` rows: its rows checked and its
-        streams reserved at once, its windows forecast ``--batch-size`` at a time (other
-        requests' batches run in between), its streams changed only at the end, all or none.
-        A cancelled request (client gone, timeout) changes nothing."""
+        streams reserved at once, its windows forecast ``--batch-size`` at a time, its streams
+        changed only at the end, all or none. Before each step it lets the batched requests
+        waiting then go first, for at most ``_BATCHES_PER_STEP`` times as long as its last
+        step took: other streams keep their latency and the large request still gets a third
+        of the shard's time. A cancelled request (client gone, timeout) changes nothing."""
         streams, parameters = request["streams"], bool(request.get("parameters"))
         known, pending = await self._run(self._begin, streams, parameters)
+        step_seconds = 0.0
         try:
             while not pending.forecast_done:
-                before = pending.done
+                if step_seconds:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._no_batches.wait(), step_seconds * _BATCHES_PER_STEP
+                        )
+                before, started = pending.done, time.perf_counter()
                 await self._run(self.pool.advance, pending, self.config.batch_size)
+                step_seconds = time.perf_counter() - started
                 self._windows[pending.done - before] += 1
                 self._m.batch_windows.observe(pending.done - before, tags=self._m.tags)
             update = await self._run(self.pool.finish, pending)
