@@ -29,7 +29,7 @@ The properties, for every request:
 
 Each property runs on hypothesis' examples (derandomized, so reproducible in CI; no example
 database) and on a catalogue of the odd inputs above, one pytest case each, since a hypothesis
-test stops at the first failure it finds. About a minute on two busy cores once the session's
+test stops at the first failure it finds. About 40 s on two busy cores once the session's
 server is up (shrinking a failure takes longer).
 """
 
@@ -645,13 +645,13 @@ PRIMED = st.integers(0, len(PRIMED_OFFSETS) - 1)
 STREAM = st.integers(0, len(PRIMED_OFFSETS))  # a primed stream, or a new one
 
 
-@_settings(60)
+@_settings(30)
 @given(k=STREAM, spec=rows_specs(st.integers(1, 3), OFFSET, cells=(1, 2)))
 def test_stream_rows_with_odd_numbers_and_types(ctx: Ctx, k: int, spec: RowsSpec) -> None:
     post_stream_rows(ctx, k, spec)
 
 
-@_settings(60)
+@_settings(30)
 @given(
     k=STREAM,
     spec=rows_specs(st.integers(1, 3), OFFSET, stamps=(1, 2), timed=st.sampled_from([True, False])),
@@ -660,7 +660,7 @@ def test_stream_rows_with_odd_timestamps(ctx: Ctx, k: int, spec: RowsSpec) -> No
     post_stream_rows(ctx, k, spec)
 
 
-@_settings(80)
+@_settings(40)
 @given(
     k=STREAM,
     spec=rows_specs(
@@ -677,7 +677,7 @@ def test_stream_rows_with_odd_bodies(ctx: Ctx, body: Any) -> None:
     post_stream_rows(ctx, 0, plain_spec(), raw=body)
 
 
-@_settings(50)
+@_settings(25)
 @given(text=st.text(max_size=12), spec=rows_specs(st.just(1), st.just(0), tree=(0, 1)))
 def test_new_stream_ids_percent_encoded(ctx: Ctx, text: str, spec: RowsSpec) -> None:
     """Any text in a new stream's id, percent-encoded (UTF-8) in the path: valid ids only are
@@ -716,7 +716,7 @@ ENTRY = st.one_of(
 )
 
 
-@_settings(60)
+@_settings(30)
 @given(entries=st.lists(ENTRY, max_size=4), tree=st.lists(GENERIC, max_size=1))
 def test_rows_of_many_streams_answer_per_stream(
     ctx: Ctx, entries: list[tuple[str, int, RowsSpec]], tree: list[tuple]
@@ -816,7 +816,7 @@ def _naive(stamp: Any) -> pd.Timestamp | None:
     return None if time is None or time is pd.NaT or time.tz is not None else time
 
 
-@_settings(40)
+@_settings(20)
 @given(
     windows=st.lists(st.tuples(st.integers(0, 17000), WINDOW_SPEC), max_size=3),
     tree=st.lists(GENERIC, max_size=1),
