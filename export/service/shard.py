@@ -185,10 +185,9 @@ class Shard:
             await asyncio.shield(self._run(self.pool.abandon, pending))
             raise
         answers: list[dict] = [{"forecasts": {}, "rejected": {}}]
-        self._record(
-            update, {stream: (0, rows) for stream, rows in streams.items()}, known, answers
-        )
-        self._count_evictions()
+        batch = {stream: (0, rows) for stream, rows in streams.items()}
+        await self._run(self._record, update, batch, known, answers)  # reads the pool: its thread
+        await self._run(self._count_evictions)
         return answers[0]
 
     def _begin(self, streams: dict, parameters: bool) -> tuple[dict, Any]:
