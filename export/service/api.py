@@ -325,16 +325,17 @@ def _check_row_count(rows: int, limit: int | None, what: str) -> None:
 
 
 def check_finite(array: np.ndarray, spec: ModelSpec, what: str) -> None:
-    """NaN, inf and values beyond the model's bound, named by row and variate."""
-    bad = ~np.isfinite(array) | (np.abs(np.nan_to_num(array, nan=0.0)) > spec.max_abs_value)
-    if bad.any():
-        row, col = (int(i) for i in np.argwhere(bad)[0])
-        value = float(array[row, col])
-        code = "too_large" if math.isfinite(value) else "nan"
+    """NaN, inf and values beyond the model's bound, named by row and variate (the runtime's
+    own check, :func:`timesclip_darts.checks.first_bad_value`, so both name the same value)."""
+    from timesclip_darts.checks import first_bad_value
+
+    bad = first_bad_value(array, spec.max_abs_value)
+    if bad is not None:
+        row, col = bad.index
         raise ApiError(
             422,
-            code,
-            f"{what}: row {row}, variate '{spec.inputs[col]}' is {value!r}; values must be "
+            "too_large" if bad.finite else "nan",
+            f"{what}: row {row}, variate '{spec.inputs[col]}' is {bad.value!r}; values must be "
             f"finite and within ±{spec.max_abs_value:.0e}",
             row=row,
             variate=spec.inputs[col],
