@@ -243,12 +243,9 @@ def test_any_row_sequence_yields_forecasts_or_a_clear_error(forecaster, good, ch
 
 def test_soak_smoke_keeps_memory_flat_and_matches_the_batch_path(trained) -> None:
     """The soak benchmark cut down for CI: a few hundred single-row updates."""
-    import runpy
+    from benchmarks import bench_soak
 
-    bench = runpy.run_path(
-        str(Path(__file__).resolve().parents[1] / "benchmarks" / "bench_soak.py")
-    )
-    result = bench["main"](
+    result = bench_soak.main(
         ["--bundle", str(trained[2]), "--rows", "600", "--checks", "20", "--smoke"]
     )
     assert result["forecasts"] == 600 - ICL + 1

@@ -1,5 +1,5 @@
 """Property tests of the whole HTTP contract of ``timesclip-darts serve`` (hypothesis, against the
-session's real server of ``tests/serving.py``).
+session's real server of ``tests/service/serving.py``).
 
 Request bodies are real ETTh1 rows (the rows that a primed stream expects next, or a window at
 a random place) mutated by hypothesis: odd numbers written as raw JSON text (``1e308``,
@@ -54,7 +54,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from tests.conftest import DATA_DIR, ETTH1_COLUMNS
-from tests.serving import TOKEN, Server
+from tests.service.serving import TOKEN, Server
 
 HOUR = pd.Timedelta(hours=1)
 PRIMED_OFFSETS = (0, 5000, 10000)  # ETT rows where the primed streams start

@@ -1,5 +1,5 @@
 """``timesclip-darts serve``: stream routing, the HTTP API against the runtime, bad input over HTTP,
-restarts from snapshots, against the session's real server (``tests/serving.py``), which the
+restarts from snapshots, against the session's real server (``tests/service/serving.py``), which the
 last test restarts once."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from timesclip_export.service.api import (
 )
 
 from tests.conftest import DATA_DIR, ETTH1_COLUMNS, ROOT, TINY_OCL
-from tests.serving import MAX_BYTES, SHARDS, Server
+from tests.service.serving import MAX_BYTES, SHARDS, Server
 
 
 # ------------------------------------------------------------------------------ routing (no Ray)

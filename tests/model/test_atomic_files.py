@@ -22,7 +22,7 @@ from timesclip_darts.atomic_files import (
     write_text_atomic,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _umask() -> int:
