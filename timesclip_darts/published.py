@@ -8,8 +8,8 @@ Speak": the pretrained CLIP ViT-B/16, trained on GPU), not something this packag
 on CPU. The others are the published tables at input 96: TimeMixer (Wang et al., ICLR 2024),
 and iTransformer, PatchTST, TimesNet and DLinear as reported at input 96 in the iTransformer
 (Liu et al., ICLR 2024) and TimeMixer papers. DLinear's own paper (Zeng et al., 2023) used
-input 336, which is why the demo says "input 96" (``README.md``, "Measured";
-``benchmarks/README.md``, "Accuracy").
+input 336, which is why the demo says "input 96" (``benchmarks/README.md``, "The demo" and
+"Accuracy").
 
 No imports beyond the standard library: the demo and the benchmark read it at import time.
 """

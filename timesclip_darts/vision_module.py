@@ -22,8 +22,8 @@ class FeatureCache:
 
     Rows live in one host tensor (a slab, grown by doubling up to the budget), not as a small
     allocation each: thousands of small long-lived tensors between a batch's large temporaries
-    fragment the C heap, and RSS grew by ~40 MB per training batch while the cache held 5 MB
-    (small preset on ETTh1). So the cache never holds accelerator memory, a row never keeps
+    would fragment the C heap (RSS grows by ~40 MB per training batch while such a cache holds
+    5 MB, small preset on ETTh1). So the cache never holds accelerator memory, a row never keeps
     its batch alive, and ``used_bytes`` (the slab) is the memory actually held, at most
     ``max_bytes``. Rows of another shape or dtype than the slab's start a new slab.
     """

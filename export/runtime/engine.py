@@ -8,7 +8,7 @@ from typing import Any
 from timesclip_export.runtime.placement import Placement
 
 # Pixels per vision call (images x S²). On CPU, slices of ~2^19 pixels keep the ViT's activations
-# cache-friendly: re-measured with the numba rasteriser (1 thread), 64-128 windows per call were
+# cache-friendly: measured with the numba rasteriser (1 thread), 64-128 windows per call are
 # fastest for the tiny preset and ~16 for the small one, and whole batches of 256 windows 5-45 %
 # slower. On CUDA the dense torch rasteriser's temporaries are ~20 floats per pixel: 2^24 pixels
 # (~1.3 GB) keep the GPU busy while bounding memory at 224 px.
