@@ -24,9 +24,9 @@ lint: install
 demo: install
 	$(BIN)/timesclip-darts demo
 
-# Every benchmark figure in benchmarks/README.md. bench_accuracy.py runs the literature's protocol
+# Every benchmark figure in benchmarks/README.md. bench_accuracy runs the literature's protocol
 # on four ETT datasets: hours on 2 CPU cores; it resumes where an interrupted run stopped.
 bench: install
-	$(BIN)/python benchmarks/bench_accuracy.py
-	$(BIN)/python benchmarks/bench_speed.py
-	$(BIN)/python benchmarks/bench_soak.py
+	$(BIN)/python -m benchmarks.bench_accuracy
+	$(BIN)/python -m benchmarks.bench_speed
+	$(BIN)/python -m benchmarks.bench_soak

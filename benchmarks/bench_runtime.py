@@ -1,9 +1,9 @@
 """Forecasts per second of the deployment runtime against the Darts model, same windows, same
 process; streaming latency per update. See README_runtime.md for measured numbers.
 
-    python benchmarks/bench_runtime.py                     # tiny preset, whole ETTh1 test split
-    python benchmarks/bench_runtime.py --preset small --windows 512
-    python benchmarks/bench_runtime.py --smoke             # seconds; what the tests run
+    python -m benchmarks.bench_runtime                     # tiny preset, whole ETTh1 test split
+    python -m benchmarks.bench_runtime --preset small --windows 512
+    python -m benchmarks.bench_runtime --smoke             # seconds; what the tests run
 
 It trains a model (or takes ``--model``), exports a bundle without scaler (or takes
 ``--bundle``), and on the first ``--windows`` stride-1 windows of the ETTh1 test split (scaled,
@@ -34,11 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+# The timing helpers live in bench_gpu, which runs as a plain file too (its docstring).
+from benchmarks.bench_gpu import HALF_TOLERANCE, INPUT, darts_pass, percentiles, streaming, timed
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RESULTS = Path(__file__).resolve().parent / "results"
-INPUT = 96
-# fp16/bf16 vision is reported as usable when forecasts stay this close to fp32.
-HALF_TOLERANCE = 1e-3
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,35 +101,6 @@ def train_model(args: argparse.Namespace, splits, folder: Path) -> Path:
     path = folder / f"timesclip_{args.preset}.pt"
     model.save(str(path))
     return path
-
-
-def timed(fn, repeats: int = 1) -> tuple[float, object]:
-    """Best wall time of ``repeats`` calls, and the last result."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
-
-def percentiles(seconds: list[float]) -> dict[str, float]:
-    ms = np.asarray(seconds) * 1e3
-    return {
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "mean_ms": float(ms.mean()),
-        "n": len(ms),
-    }
-
-
-def darts_pass(model, test, horizon: int) -> tuple[float, np.ndarray]:
-    seconds, forecasts = timed(
-        lambda: model.historical_forecasts(
-            test, forecast_horizon=horizon, retrain=False, last_points_only=False, verbose=False
-        )
-    )
-    return seconds, np.stack([f.values() for f in forecasts])
 
 
 def compare_throughput(args, model, bundle: Path, test, values: np.ndarray, device: str):
@@ -212,27 +183,6 @@ def compare_throughput(args, model, bundle: Path, test, values: np.ndarray, devi
             row["within_1e-3_of_fp32"] = diff <= HALF_TOLERANCE
         rows.append(row)
     return rows
-
-
-def streaming(
-    bundle: Path, values, times, updates: int, device: str, threads: int | None, vision: str
-):
-    """Latency of ``update`` with one new row, after the first window has filled."""
-    from timesclip_export.runtime.forecaster import RollingForecaster
-
-    forecaster = RollingForecaster(
-        bundle, vision=vision, device=device, apply_scaler=False, onnx_threads=threads
-    )
-    rolled = forecaster.rolling(values[: INPUT + updates - 1])
-    forecaster.update(values[: INPUT - 1], timestamps=times[: INPUT - 1])
-    latencies, outs = [], []
-    for i in range(INPUT - 1, INPUT - 1 + updates):
-        start = time.perf_counter()
-        outs.append(forecaster.update(values[i : i + 1], timestamps=times[i : i + 1]))
-        latencies.append(time.perf_counter() - start)
-    stats = percentiles(latencies[1:] if updates > 1 else latencies)
-    stats["max_abs_diff_vs_rolling"] = float(np.abs(np.concatenate(outs) - rolled).max())
-    return stats
 
 
 def vit_throughput(preset: str, batches: list[int], repeats: int, threads: int | None) -> list:

@@ -3,9 +3,9 @@
 against the one-stream-at-a-time path, small clients' latency beside a big client (stress), and
 a fault run that kills a shard mid-load.
 
-    python benchmarks/bench_serve.py                     # tiny and small presets (~12 min, CPU)
-    python benchmarks/bench_serve.py --preset tiny --bundle bundle/   # an ETTm1 bundle of yours
-    python benchmarks/bench_serve.py --smoke       # tiny, 1 and 20 streams, stress, fault: ~2 min
+    python -m benchmarks.bench_serve                     # tiny and small presets (~12 min, CPU)
+    python -m benchmarks.bench_serve --preset tiny --bundle bundle/   # an ETTm1 bundle of yours
+    python -m benchmarks.bench_serve --smoke       # tiny, 1 and 20 streams, stress, fault: ~2 min
 
 For each preset it trains a model on ETTm1 (``bench_runtime.train_model``) and exports it with
 its scaler, so the streams send raw rows in the original units; then starts the server in this
@@ -65,7 +65,6 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 RESULTS = Path(__file__).resolve().parent / "results"
 INPUT = 96
 HOST = "127.0.0.1"
@@ -141,9 +140,9 @@ def load_rows(data_dir: str | None):
 def make_bundle(args: argparse.Namespace, preset: str, folder: Path) -> Path:
     """Train a model of ``preset`` on ETTm1 (bench_runtime's recipe) and export it with its
     scaler, so the server takes raw rows."""
-    from bench_runtime import train_model
     from timesclip_export.exporter.writer import export_bundle
 
+    from benchmarks.bench_runtime import train_model
     from timesclip_darts.data import ett_splits, load_darts_dataset, save_scaler_json
 
     series = load_darts_dataset("ETTm1", args.data_dir)

@@ -2,8 +2,8 @@
 would. Reports resident memory at start and end, per-update latency p50/p99 in the first and
 last tenth of the run (drift), and checks sampled streamed forecasts against the batch path.
 
-    python benchmarks/bench_soak.py                       # 104,520 rows (ETTh1 values x 6)
-    python benchmarks/bench_soak.py --rows 2000 --smoke   # seconds; what CI runs
+    python -m benchmarks.bench_soak                       # 104,520 rows (ETTh1 values x 6)
+    python -m benchmarks.bench_soak --rows 2000 --smoke   # seconds; what CI runs
 
 Without --bundle it trains a tiny-preset model for one short epoch and exports it, so the
 figures measure the runtime, not forecast quality. Writes JSON (default
@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from process_memory import rss_mib  # noqa: E402
+from benchmarks.process_memory import rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP = 100

@@ -1,12 +1,12 @@
 """Speed and memory of TimesCLIP on CPU: the rasteriser against matplotlib, training with and
 without the frozen-ViT feature cache, and how training grows with variates and input length.
 
-    python benchmarks/bench_speed.py           # everything (about 10 min on 2 cores)
-    python benchmarks/bench_speed.py --smoke   # what CI runs: seconds
+    python -m benchmarks.bench_speed           # everything (about 10 min on 2 cores)
+    python -m benchmarks.bench_speed --smoke   # what CI runs: seconds
 
 Every comparison runs side by side in one process and is reported as a ratio; absolute times
 are this machine's (CPU) and only indicative. Forecast speed of ``historical_forecasts`` for
-TimesCLIP and the Darts models is in ``bench_accuracy.py``'s table (forecasts/s column).
+TimesCLIP and the Darts models is in ``bench_accuracy``'s table (forecasts/s column).
 Writes ``speed.json`` (``--out``, default ``benchmarks/results/``) and prints tables.
 """
 
@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from process_memory import rss_mib  # noqa: E402
+from benchmarks.process_memory import rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -122,7 +121,7 @@ def bench_rasteriser(sizes: list[int], batches: list[int], repeats: int, data) -
 
 
 # ----------------------------------------------------------------------------------- training
-def _training_model(
+def training_model(
     preset: str, epochs: int, cache_mb: float, icl: int = 96, seed: int = 0, callbacks=()
 ):
     from timesclip_darts import TimesCLIPModel
@@ -178,7 +177,7 @@ def bench_training(preset: str, windows: int, epochs: int, data_dir: str | None)
     runs, forecasts = {}, {}
     for label, cache_mb in (("no cache", 0.0), ("cache", 1024.0)):
         clock = _epoch_clock()
-        model = _training_model(preset, epochs, cache_mb, callbacks=[clock])
+        model = training_model(preset, epochs, cache_mb, callbacks=[clock])
         model.fit(splits.train, max_samples_per_ts=windows, dataloader_kwargs=loader)
         forecasts[label] = model.predict(
             96, series=splits.val[:96], dataloader_kwargs=loader
@@ -217,15 +216,14 @@ def bench_training(preset: str, windows: int, epochs: int, data_dir: str | None)
 
 # ------------------------------------------------------------------------------------ scaling
 _SCALING_CHILD = """
-import json, resource, sys, time
+import json, resource, time
 import numpy as np, torch
-sys.path.insert(0, {root!r})
-from benchmarks.bench_speed import _training_model
+from benchmarks.bench_speed import training_model
 from darts import TimeSeries
 n_variates, icl, windows, preset = {n_variates}, {icl}, {windows}, {preset!r}
 values = np.random.default_rng(0).standard_normal((icl + 96 + windows - 1, n_variates)).cumsum(0)
 series = TimeSeries.from_values(values.astype(np.float32))
-model = _training_model(preset, 1, 1024.0, icl=icl)
+model = training_model(preset, 1, 1024.0, icl=icl)
 started = time.perf_counter()
 model.fit(series, dataloader_kwargs={{"pin_memory": False}})
 seconds = time.perf_counter() - started
@@ -239,9 +237,8 @@ def bench_scaling(preset: str, windows: int, configs: list[tuple[int, int]]) -> 
     peak RSS is its own."""
     rows = []
     for n_variates, icl in configs:
-        code = _SCALING_CHILD.format(
-            root=str(ROOT), n_variates=n_variates, icl=icl, windows=windows, preset=preset
-        )
+        code = _SCALING_CHILD.format(n_variates=n_variates, icl=icl, windows=windows, preset=preset)
+        # From the repository root, the child imports benchmarks.bench_speed as this one does.
         done = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT
         )
@@ -324,5 +321,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     main()
