@@ -1,211 +1,156 @@
 """TimesCLIP's defaults chosen on validation only: variants trained under the accuracy protocol.
 
-Each variant (a set of ``TimesCLIPModel`` arguments) is trained exactly like a
-``bench_accuracy.py`` row (same splits, budget, seeds, best epoch restored) and judged by the
-**best validation MSE** its fit reached (scaled, every validation window). Nothing is ever
-forecast or scored on the test split here, so a default picked from this table carries no test
-information; the test figures of the chosen defaults come from ``bench_accuracy.py`` afterwards.
+    python -m benchmarks.tune_timesclip                  # every variant on ETTh1 and ETTh2, seed 0
+    python -m benchmarks.tune_timesclip --report-only    # tuning.md from tuning.json, no fits
 
-Results go to ``results/tuning.json`` (rewritten after each run, resumable: runs already there
-with the same budget and model arguments are skipped; one measured before a default changed is
-kept but not tabled) and ``results/tuning.md``. A variant of a dataset and seed is not fitted
-again when the ``accuracy.json`` beside it holds a TimesCLIP row (the model or an ablation) with
-exactly that variant's arguments and its validation loss: that row is the same fit (same
-builder, protocol, seed and windows; a test keeps them equal), and on ETTm1/ETTm2 it is an hour
-or two of CPU. So the ablations' rows give their validation-only verdict here too.
+Each variant (a TimesCLIP label of ``benchmarks.fits.VARIANTS``, the registry
+``bench_accuracy`` takes its rows from) is trained exactly like a ``bench_accuracy`` row (same
+splits, budget, seeds, best epoch restored) and judged by the **best validation MSE** its fit
+reached (scaled, every validation window). Nothing is ever forecast or scored on the test split
+here, so a default picked from this table carries no test information; the test figures of the
+chosen defaults come from ``bench_accuracy`` afterwards. ``--references`` fits Darts' peers the
+same way, for scale.
+
+Results go to ``results/tuning.json``, each run under its fit key (``benchmarks.fits``),
+rewritten after each run, and ``results/tuning.md``: a variant whose key is already there is
+skipped; the table holds the runs whose key a label builds today. A TimesCLIP variant is not
+fitted when the ``accuracy.json`` beside it holds a run of the same fit key with its validation
+loss (the same fit: builder, protocol, seed and windows; a test keeps them equal): that run is
+taken, and on ETTm1/ETTm2 it saves an hour or two of CPU. So the ablations' rows give their
+validation-only verdict here too.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from timesclip_darts.atomic_files import write_text_atomic
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_accuracy import (  # noqa: E402
+from benchmarks.bench_accuracy import RESULTS
+from benchmarks.bench_accuracy import load_runs as load_accuracy_runs
+from benchmarks.fits import (
     DATASETS,
-    RESULTS,
+    PEERS,
     TIMESCLIP,
+    TIMESCLIP_MODEL,
+    VARIANTS,
     Budget,
-    _splits,
+    Catalogue,
     budget_from_args,
     build_model,
-    labels_building,
-    measured_as_today,
+    fit_key,
     model_arguments,
-    relabel_by_arguments,
+    model_class,
+    read_runs,
     run_each,
+    splits,
     write_json,
 )
-from bench_accuracy import (  # noqa: E402
-    load_runs as load_accuracy_runs,
-)
-from process_memory import peak_rss_mib  # noqa: E402
+from benchmarks.process_memory import peak_rss_mib
+from timesclip_darts.atomic_files import write_text_atomic
 
-ROOT = Path(__file__).resolve().parents[1]
-FORMAT = 1
-DEFAULT = "default"
-# Variant name -> TimesCLIPModel arguments changed from the defaults (which "default" keeps).
-# The defaults before 30 November 2026 (the paper's rate and dropout, AdamW's weight decay 0.01):
-# every variant below but the default was measured against them, so each states them in full.
-PAPER = {"dropout": 0.1, "optimizer_kwargs": {"lr": 1e-3}}
-VARIANTS: dict[str, dict] = {
-    # Since 30 November: lr 3e-4, dropout 0.3, weight decay 0.1 (was the variant "lr 3e-4,
-    # dropout 0.3, weight decay 0.1"; its runs carry that name's arguments and are the default's).
-    DEFAULT: {},
-    "paper's lr 1e-3, dropout 0.1": PAPER,
-    # The ETTh rows peaked at epochs 1-3 and then overfit: regularise harder ...
-    "dropout 0.3, weight decay 0.1": {
-        "dropout": 0.3,
-        "optimizer_kwargs": {"lr": 1e-3, "weight_decay": 0.1},
-    },
-    # ... or learn more slowly (the text encoder keeps its tenth of the rate). Both together
-    # lowered the validation loss on average on all four datasets: the default since.
-    "lr 3e-4": {"dropout": 0.1, "optimizer_kwargs": {"lr": 3e-4}},
-    "lambda_align 0.5": {**PAPER, "lambda_align": 0.5},
-    "d_model 256": {**PAPER, "d_model": 256},
-    "patch 8, stride 4": {**PAPER, "patch_length": 8, "stride": 4},
-    "trainable ViT": {**PAPER, "freeze_vision": False},
-    # With random-weight presets neither tower is pretrained: does the towers' tenth of the
-    # rate still help? (It does: the full rate was worse on both datasets, seed 0.)
-    "trainable ViT, towers at 1e-3": {**PAPER, "freeze_vision": False, "text_encoder_lr": 1e-3},
-    # The trainable ViT under today's defaults: bench_accuracy's "TimesCLIP, trainable ViT".
-    "trainable ViT, default rates": {"freeze_vision": False},
-    # bench_accuracy's other ablations under today's defaults, judged on validation (their
-    # rows there are these fits): what a validation-only choice would say of each part.
-    "no vision": {"use_vision": False},
-    "no alignment loss": {"lambda_align": 0.0},
-    "no variate selection": {"use_variate_selection": False},
-    # One generator head per target instead of one shared across them (DLinear's "individual"):
-    # each variate's own mapping, at seven times the head's weights.
-    "per-variate head": {"per_variate_head": True},
-}
+FORMAT = 2  # tuning.json layout: runs under their fit key (benchmarks.fits)
+DEFAULT = TIMESCLIP  # what every variant is compared with
+TUNED = tuple(label for label, v in VARIANTS.items() if v.model == TIMESCLIP_MODEL)
 TUNING_DATASETS = ("ETTh1", "ETTh2")
-# Darts rows of bench_accuracy.py, fitted alike and scored on validation too: how far a variant
-# still is from the peers, on the same windows, without looking at the test split.
-REFERENCES = ("DLinear", "NLinear", "TiDE", "TSMixer", "NHiTS")
 
 
 @dataclass
 class TuningRun:
+    key: str  # fits.fit_key: what was fitted
+    label: str  # the variant it was recorded as (display only: tables label it by its key)
     dataset: str
     seed: int
-    variant: str
-    arguments: dict  # what the variant changed
+    model: str  # fits.model_class
     val_mse: float  # best validation loss of the fit (MSE, scaled): the only score here
     best_epoch: int
     epochs_run: int
     train_s: float
     peak_rss_mib: float
     budget: dict
-    # bench_accuracy.model_arguments of the fitted model (defaults included): a run whose
-    # arguments differ from a variant built today (a default changed since) is not tabled.
-    model_arguments: dict | None = None
+    arguments: dict  # fits.model_arguments: what was fitted
     source: str = "tune_timesclip"  # or "bench_accuracy": taken from accuracy.json
 
 
-def build_variant(variant: str, seed: int, budget: Budget, work_dir: str):
-    """TimesCLIP with ``variant``'s arguments, or the reference row ``variant``."""
-    if variant in REFERENCES:
-        return build_model(variant, seed, budget, work_dir)
-    return build_model(TIMESCLIP, seed, budget, work_dir, timesclip_kwargs=VARIANTS[variant])
-
-
-def current_arguments(variants, budget: Budget) -> dict[str, dict]:
-    """Variant -> the arguments its model gets today (construction only)."""
-    known = [v for v in variants if v in VARIANTS or v in REFERENCES]
-    with tempfile.TemporaryDirectory(prefix="tune_timesclip_args_") as work_dir:
-        return {v: model_arguments(build_variant(v, 0, budget, work_dir)) for v in known}
-
-
-def is_current(run: TuningRun, budget: Budget, arguments: dict[str, dict]) -> bool:
-    return measured_as_today(run.budget, run.model_arguments, arguments.get(run.variant), budget)
-
-
 def tune_row(
-    dataset: str, seed: int, variant: str, budget: Budget, data_dir: str | None, threads: int
+    dataset: str, seed: int, label: str, budget: Budget, data_dir: str | None, threads: int
 ) -> TuningRun:
-    """Fit TimesCLIP with ``variant``'s arguments (or the reference row ``variant``) under the
-    protocol; validation only."""
+    """Fit ``label`` under the protocol; validation only."""
     import torch
 
     from timesclip_darts.evaluation import protocol_work_dir
 
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
-    splits = _splits(dataset, data_dir)
-    arguments = VARIANTS.get(variant, {})
+    data = splits(dataset, data_dir)
     with protocol_work_dir() as work_dir:
-        model = build_variant(variant, seed, budget, work_dir)
-        recorded = model_arguments(model)
+        model = build_model(label, seed, budget, work_dir)
+        arguments, built = model_arguments(model), model_class(model)
         _, report = budget.protocol().fit(
             model,
-            splits.train,
-            splits.val,
+            data.train,
+            data.val,
             seed,
             work_dir,
             dataloader_kwargs={"pin_memory": torch.cuda.is_available()},
         )
     return TuningRun(
+        key=fit_key(built, arguments, budget, dataset, seed),
+        label=label,
         dataset=dataset,
         seed=seed,
-        variant=variant,
-        arguments=arguments,
+        model=built,
         val_mse=report.best_val_loss,
         best_epoch=report.best_epoch,
         epochs_run=report.epochs_run,
         train_s=report.seconds,
         peak_rss_mib=peak_rss_mib(),
         budget=asdict(budget),
-        model_arguments=recorded,
+        arguments=arguments,
     )
 
 
-def runs_from_accuracy(path: Path, budget: Budget, arguments: dict[str, dict]) -> list[TuningRun]:
-    """``bench_accuracy.py``'s TimesCLIP rows in ``path`` (the model and its ablations) that
-    recorded their best validation loss, each as a run of the one variant that builds exactly
-    its arguments today under ``budget``; rows that no variant builds are left out."""
-    variants = {v: a for v, a in arguments.items() if v in VARIANTS}  # not the references
+def runs_from_accuracy(path: Path, catalogue: Catalogue) -> list[TuningRun]:
+    """The runs in ``path`` (``bench_accuracy``'s results) that recorded their validation loss
+    and whose fit a TimesCLIP variant of ``catalogue`` builds today, as that variant's runs."""
+    variants = [label for label in catalogue.built if label in TUNED]
     runs = []
     for r in load_accuracy_runs(path):
-        matches = labels_building(r.budget, r.arguments, variants, budget)
-        if r.best_val_loss is None or len(matches) != 1:
+        label = next((v for v in variants if catalogue.fit(v, r.dataset, r.seed) == r.fit), None)
+        if r.best_val_loss is None or label is None:
             continue
         runs.append(
             TuningRun(
+                key=r.fit,
+                label=label,
                 dataset=r.dataset,
                 seed=r.seed,
-                variant=matches[0],
-                arguments=VARIANTS[matches[0]],
+                model=r.model,
                 val_mse=r.best_val_loss,
                 best_epoch=r.best_epoch,
                 epochs_run=r.epochs_run,
                 train_s=r.train_s,
                 peak_rss_mib=r.peak_rss_mib,
                 budget=r.budget,
-                model_arguments=r.arguments,
+                arguments=r.arguments,
                 source="bench_accuracy",
             )
         )
     return runs
 
 
-def summarise(runs: list[TuningRun]) -> dict[str, dict]:
-    """Per variant: validation MSE per dataset (mean over seeds) and the mean change against
-    ``default`` over the runs that have a default run of the same dataset and seed."""
-    by_key = {(r.dataset, r.seed, r.variant): r for r in runs}
+def summarise(tabled: list[tuple[str, TuningRun]], labels) -> dict[str, dict]:
+    """Per label (in the order of ``labels``): validation MSE per dataset (mean over seeds)
+    and the mean change against ``DEFAULT`` over the runs that have a default run of the same
+    dataset and seed. ``tabled``: each run with the label that builds its key today."""
+    by_key = {(r.dataset, r.seed, label): r for label, r in tabled}
     table: dict[str, dict] = {}
-    for variant in [v for v in (*VARIANTS, *REFERENCES) if any(r.variant == v for r in runs)]:
-        mine = [r for r in runs if r.variant == variant]
+    for variant in [v for v in labels if any(label == v for label, _ in tabled)]:
+        mine = [r for label, r in tabled if label == variant]
         datasets = sorted({r.dataset for r in mine})
         per_dataset = {
             d: float(np.mean([r.val_mse for r in mine if r.dataset == d])) for d in datasets
@@ -234,7 +179,7 @@ def summarise(runs: list[TuningRun]) -> dict[str, dict]:
 
 
 def tabled_datasets(table: dict) -> list[str]:
-    """Every dataset with a current run, in the ETT order (the file spans invocations)."""
+    """Every dataset with a tabled run, in the ETT order (the file spans invocations)."""
     seen = {d for e in table.values() for d in e["val_mse"]}
     return sorted(seen, key=lambda d: (DATASETS.index(d) if d in DATASETS else len(DATASETS), d))
 
@@ -256,7 +201,7 @@ def markdown(table: dict, datasets: list[str]) -> str:
             for d in datasets
         )
         change = e["change_vs_default_pct"]
-        name = f"{variant} (reference)" if variant in REFERENCES else variant
+        name = f"{variant} (reference)" if variant in PEERS else variant
         lines.append(
             f"| {name} | {cells} | {'-' if change is None else f'{change:+.1f} %'} "
             f"| {e['runs']} | {e['epochs_run']:.1f} ({e['best_epoch']:.1f}) "
@@ -266,27 +211,21 @@ def markdown(table: dict, datasets: list[str]) -> str:
 
 
 def load_runs(path: Path) -> list[TuningRun]:
-    if not path.is_file():
-        return []
-    report = json.loads(path.read_text())
-    if report.get("format") != FORMAT:
-        raise ValueError(f"{path} was written by another tune_timesclip.py; pass another --out")
-    return [TuningRun(**run) for run in report["runs"]]
+    return [TuningRun(**run) for run in read_runs(path, FORMAT)]
 
 
-def write_report(
-    path: Path, runs: list[TuningRun], budget: Budget, arguments: dict[str, dict]
-) -> dict:
-    """Every run, and the table of those current under ``budget`` and today's ``arguments``."""
-    current = [r for r in runs if is_current(r, budget, arguments)]
+def write_report(path: Path, runs: list[TuningRun], catalogue: Catalogue) -> dict:
+    """Every run, and the table of those whose key a label of ``catalogue`` builds today."""
+    labelled = [(catalogue.label_of(r), r) for r in runs]
+    tabled = [(label, r) for label, r in labelled if label is not None]
     report = {
         "format": FORMAT,
         "judged_by": "best validation MSE of the fit (scaled, every validation window); "
         "nothing is forecast or scored on the test split",
-        "training": budget.protocol().describe(),
-        "budget": asdict(budget),
+        "training": catalogue.budget.protocol().describe(),
+        "budget": asdict(catalogue.budget),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "table": summarise(current),
+        "table": summarise(tabled, catalogue.built),
         "runs": [asdict(r) for r in runs],
     }
     write_json(path, report)
@@ -295,12 +234,14 @@ def write_report(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--variants", nargs="+", default=list(TUNED), choices=TUNED, metavar="VARIANT"
+    )
     parser.add_argument(
         "--references",
         nargs="*",
         default=[],
-        choices=list(REFERENCES),
+        choices=PEERS,
         help="Darts rows to score on validation beside the variants",
     )
     parser.add_argument("--datasets", nargs="+", default=list(TUNING_DATASETS))
@@ -320,6 +261,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--report-only", action="store_true", help="tuning.md from tuning.json, no fits"
+    )
     return parser.parse_args(argv)
 
 
@@ -329,35 +273,31 @@ def main(argv: list[str] | None = None) -> dict:
     budget = budget_from_args(args)
     path = args.out / "tuning.json"
     runs = load_runs(path)
-    arguments = current_arguments({*VARIANTS, *args.references, *(r.variant for r in runs)}, budget)
-    variants_today = {v: a for v, a in arguments.items() if v in VARIANTS}
-    for moved in relabel_by_arguments(runs, budget, variants_today, "variant", "model_arguments"):
-        print(f"relabelled (its arguments are now this variant's): {moved}")
-    for run in runs:
-        if run.variant in VARIANTS and is_current(run, budget, arguments):
-            run.arguments = VARIANTS[run.variant]  # what its variant changes, as named today
-    done = {(r.dataset, r.seed, r.variant) for r in runs if is_current(r, budget, arguments)}
-    for run in runs_from_accuracy(args.out / "accuracy.json", budget, arguments):
-        if (run.dataset, run.seed, run.variant) not in done:
+    catalogue = Catalogue([*TUNED, *PEERS], budget, scored=False)
+    done = {r.key for r in runs}
+    for run in runs_from_accuracy(args.out / "accuracy.json", catalogue):
+        if run.key not in done:
             runs.append(run)
-            done.add((run.dataset, run.seed, run.variant))
-            print(f"{run.dataset} seed {run.seed} {run.variant}: validation from accuracy.json")
+            done.add(run.key)
+            print(f"{run.dataset} seed {run.seed} {run.label}: validation from accuracy.json")
     # The default first, so that every variant has its reference early.
     tasks = [
         (d, s, v)
         for s in args.seeds
         for v in [*sorted(args.variants, key=lambda v: v != DEFAULT), *args.references]
         for d in args.datasets
-        if (d, s, v) not in done
+        if catalogue.key(v, d, s) not in done
     ]
+    if args.report_only:
+        tasks = []
     print(f"{budget.protocol().describe()}; {budget}")
     print(f"{len(tasks)} runs to do, {args.jobs} at a time", flush=True)
 
     def record(run: TuningRun, count: int) -> None:
         runs.append(run)
-        write_report(path, runs, budget, arguments)
+        write_report(path, runs, catalogue)
         print(
-            f"[{count}/{len(tasks)}] {run.dataset} seed {run.seed} {run.variant}: val MSE "
+            f"[{count}/{len(tasks)}] {run.dataset} seed {run.seed} {run.label}: val MSE "
             f"{run.val_mse:.4f}, best epoch {run.best_epoch} of {run.epochs_run}, "
             f"{run.train_s:.0f} s",
             flush=True,
@@ -365,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     calls = [(d, s, v, budget, args.data_dir, args.threads) for d, s, v in tasks]
     run_each(tune_row, calls, args.jobs, record)
-    report = write_report(path, runs, budget, arguments)
+    report = write_report(path, runs, catalogue)
     text = markdown(report["table"], tabled_datasets(report["table"]))
     write_text_atomic(args.out / "tuning.md", text)
     print("\n" + text + f"\nwrote {path}")
@@ -373,5 +313,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
     main()
