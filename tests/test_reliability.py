@@ -241,6 +241,7 @@ def test_any_row_sequence_yields_forecasts_or_a_clear_error(forecaster, good, ch
     np.testing.assert_allclose(streamed, batch, rtol=0, atol=1e-4)
 
 
+@pytest.mark.integration
 def test_soak_smoke_keeps_memory_flat_and_matches_the_batch_path(trained) -> None:
     """The soak benchmark cut down for CI: a few hundred single-row updates."""
     from benchmarks import bench_soak

@@ -28,6 +28,8 @@ from timesclip_cli.main import main
 from timesclip_cli.mlflow_logging import log_bundle_to_mlflow
 from timesclip_darts import TimesCLIPModel
 
+pytestmark = pytest.mark.integration  # a real MLflow tracking server
+
 ICL, OCL = 48, 12
 CLI_MODEL_ARGS = [
     "--input-chunk-length",

@@ -432,6 +432,7 @@ def test_export_refuses_to_replace_what_is_not_asked_for(trained: Path, bundle: 
 
 
 # ------------------------------------------------------------------------------ commands
+@pytest.mark.integration
 def test_stream_command_forecasts_each_row_piped_in(bundle: Path, etth1: pd.DataFrame) -> None:
     frame = etth1.iloc[TEST_START : TEST_START + ICL + 29]
     done = subprocess.run(
@@ -513,6 +514,7 @@ print(sorted(m for m in sys.modules if m.startswith("timesclip_darts")))
 """
 
 
+@pytest.mark.integration
 def test_the_runtime_imports_no_darts_lightning_transformers_or_matplotlib(bundle: Path) -> None:
     """The runtime draws with the library's rasteriser, and loads nothing else of it."""
     done = subprocess.run(
@@ -535,6 +537,7 @@ def test_the_runtime_imports_no_darts_lightning_transformers_or_matplotlib(bundl
 
 
 # ------------------------------------------------------------------------------ benchmark
+@pytest.mark.integration
 def test_benchmark_smoke_run_writes_ratios_and_latencies(
     trained: Path, bundle: Path, tmp_path: Path, capsys
 ) -> None:

@@ -71,6 +71,7 @@ def test_onnx_and_torch_vision_paths_agree(tiny_bundle: Path, test_rows) -> None
     np.testing.assert_array_equal(streamed, on_onnx.rolling(values))  # batch-independent
 
 
+@pytest.mark.integration
 def test_torch_free_subprocess_forecasts_as_the_torch_path(
     tiny_bundle: Path, test_rows, tmp_path: Path
 ) -> None:

@@ -214,6 +214,7 @@ KILLED_WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["file", "folder"])
 def test_a_kill_mid_write_leaves_the_first_version_whole(tmp_path: Path, kind: str) -> None:
     """SIGKILL while the second version is being written: no clean-up code runs, and the

@@ -282,6 +282,7 @@ def test_the_default_cosine_spans_the_epochs_of_each_fit(short_series: TimeSerie
     assert _rates(short_series, lr_scheduler_cls=None) == [3e-4, 3e-4]
 
 
+@pytest.mark.integration
 def test_importing_and_fitting_leave_process_wide_logging_and_warnings_alone() -> None:
     """The model quiets Lightning and its expected warnings inside its own calls only: after
     import and fit, the same warning raised by the user's code is still shown, and Lightning's

@@ -63,6 +63,7 @@ model.save(sys.argv[2])
 """
 
 
+@pytest.mark.integration
 def test_a_kill_mid_save_leaves_the_previous_model_intact(
     saved: Path, series: TimeSeries, tmp_path: Path
 ) -> None:

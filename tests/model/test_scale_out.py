@@ -19,6 +19,8 @@ from tests.conftest import DATA_DIR, etth1_series
 from timesclip_darts import TimesCLIPModel
 from timesclip_darts.alignment import info_nce
 
+pytestmark = pytest.mark.integration  # two-process DDP fleets
+
 SINGLE_PROCESS = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False}
 
 

@@ -31,6 +31,8 @@ from timesclip_export.service.api import (
 from tests.conftest import DATA_DIR, ETTH1_COLUMNS, ROOT, TINY_OCL
 from tests.service.serving import MAX_BYTES, SHARDS, Server
 
+pytestmark = pytest.mark.integration  # a real Ray Serve server
+
 
 # ------------------------------------------------------------------------------ routing (no Ray)
 def test_shard_for_is_pinned_spread_and_moves_little_when_a_shard_is_added() -> None:

@@ -56,6 +56,8 @@ from hypothesis.errors import InvalidArgument
 from tests.conftest import DATA_DIR, ETTH1_COLUMNS
 from tests.service.serving import TOKEN, Server
 
+pytestmark = pytest.mark.integration  # a real Ray Serve server
+
 HOUR = pd.Timedelta(hours=1)
 PRIMED_OFFSETS = (0, 5000, 10000)  # ETT rows where the primed streams start
 FRESH_OFFSET = 14000  # new streams' rows start here (or a little after)

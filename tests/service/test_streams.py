@@ -441,6 +441,7 @@ KILLED_SNAPSHOT = textwrap.dedent(
 )
 
 
+@pytest.mark.integration
 def test_a_kill_during_a_snapshot_leaves_the_previous_one(
     forecaster, tiny_bundle: Path, rows, tmp_path: Path
 ) -> None:
