@@ -148,8 +148,8 @@ def test_probabilistic_forecasts_are_calibrated_looking(series: TimeSeries, like
     model.fit(series[:900])
     starts = list(range(900, 1200 - OCL, OCL))
     inside, total, widths = 0, 0, []
-    for start in starts:
-        forecast = model.predict(OCL, series=series[:start], num_samples=200)
+    forecasts = model.predict(OCL, series=[series[:start] for start in starts], num_samples=200)
+    for start, forecast in zip(starts, forecasts, strict=True):
         assert forecast.n_samples == 200
         low, median, high = (forecast.quantile(q).values() for q in (0.05, 0.5, 0.95))
         assert (low <= median + 1e-6).all() and (median <= high + 1e-6).all()
@@ -295,6 +295,7 @@ model.fit_from_dataset(dataset)
 """
 
 
+@pytest.mark.integration
 def test_quiet_by_default_and_writes_nothing(tmp_path: Path) -> None:
     """Darts' defaults (progress bar, summary), in a fresh process as a user would run it;
     `fit` and `fit_from_dataset` alike."""
