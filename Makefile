@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test demo lint bench
+.PHONY: install test test-fast demo lint bench
 
 install: $(VENV)/.installed
 
@@ -15,8 +15,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[model,cpu,test]"
 	touch $@
 
+# Every test: what CI runs. pytest-xdist runs TEST_WORKERS processes (a module stays on one;
+# tests/conftest.py); a plain `pytest` runs in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
 test: install
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
+
+# The edit loop: every test but the integration tier (servers, process fleets, benchmarks).
+test-fast: install
+	$(PYTEST) -m "not integration"
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

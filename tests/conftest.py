@@ -15,6 +15,28 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("TIMESCLIP_DATA_DIR", ROOT.parent / "shared" / "data" / "ETT"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Under pytest-xdist each worker gets its share of the cores: torch's and Lightning's default of
+# every core per process would oversubscribe them (Lightning resets torch's threads at fit unless
+# OMP_NUM_THREADS is set).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test``: ``--dist loadgroup``) a module's tests run on one
+    worker, so a module's fixtures (a tracking server, trained models) are built once; the
+    service tests share one worker, so the session runs one real server."""
+    if not config.pluginmanager.hasplugin("xdist") or not getattr(
+        config.option, "numprocesses", None
+    ):
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            module = item.nodeid.split("::")[0]
+            group = "service" if module.startswith("tests/service/") else module
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
