@@ -24,13 +24,12 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     torch.set_num_threads(_threads)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``make test``: ``--dist loadgroup``) a module's tests run on one
     worker, so a module's fixtures (a tracking server, trained models) are built once; the
     service tests share one worker, so the session runs one real server."""
-    if not config.pluginmanager.hasplugin("xdist") or not getattr(
-        config.option, "numprocesses", None
-    ):
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # only workers collect under xdist
         return
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
