@@ -31,11 +31,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     service tests share one worker, so the session runs one real server."""
     if "PYTEST_XDIST_WORKER" not in os.environ:  # only workers collect under xdist
         return
+    groups: dict[str, list[pytest.Item]] = {}
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             module = item.nodeid.split("::")[0]
             group = "service" if module.startswith("tests/service/") else module
             item.add_marker(pytest.mark.xdist_group(group))
+        groups.setdefault(item.get_closest_marker("xdist_group").args[0], []).append(item)
+    # Groups are handed out in this order: those holding integration tests (servers, process
+    # fleets, benchmarks: the long ones) first, so that none of them is left running alone at
+    # the end.
+    ordered = sorted(
+        groups.values(), key=lambda g: not any(i.get_closest_marker("integration") for i in g)
+    )
+    items[:] = [item for group in ordered for item in group]
 
 
 @pytest.fixture(scope="session")
