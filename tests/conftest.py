@@ -33,11 +33,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     groups: dict[str, list[pytest.Item]] = {}
     for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            module = item.nodeid.split("::")[0]
-            group = "service" if module.startswith("tests/service/") else module
-            item.add_marker(pytest.mark.xdist_group(group))
-        groups.setdefault(item.get_closest_marker("xdist_group").args[0], []).append(item)
+        module = item.nodeid.split("::")[0]
+        group = "service" if module.startswith("tests/service/") else module
+        item.add_marker(pytest.mark.xdist_group(group))
+        groups.setdefault(group, []).append(item)
     # Groups are handed out in this order: those holding integration tests (servers, process
     # fleets, benchmarks: the long ones) first, so that none of them is left running alone at
     # the end.
