@@ -3,9 +3,10 @@ request parsing and validation, and the JSON of forecasts. numpy and orjson only
 unit-tested (and usable by clients) without Ray installed.
 
 Every problem with a request is an :class:`ApiError`: an HTTP status (400 unreadable, 401 no or
-wrong token, 404 unknown route or stream, 409 a row that does not follow the stream's last one
-or a stream busy with another request, 413 too large, 422 readable but wrong) and a JSON body
-``{"error": {"code", "message", ...}}``.
+wrong token, 404 unknown route or stream, 409 rows that do not follow what the server holds of
+the stream (with its ``position``) or a stream busy with another request, 413 too large, 422
+readable but wrong, 503 draining or unavailable) and a JSON body ``{"error": {"code", "message",
+...}}``.
 
 Numbers: every value must be a finite number within the model's bound after parsing (a
 400-digit integer is a 422, not an overflow). Forecast values are float32 and written at float32
@@ -26,7 +27,8 @@ import orjson
 
 API_VERSION = "v1"
 STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@~-]{0,199}")  # whole string: fullmatch
-ROW_FIELDS = frozenset({"timestamps", "values", "quantiles", "parameters", "horizon"})
+ROW_FIELDS = frozenset({"timestamps", "values", "from", "quantiles", "parameters", "horizon"})
+MAX_POSITION = 2**53 - 1  # positions are JSON integers every client reads exactly
 OUTPUT_FIELDS = frozenset({"quantiles", "parameters", "horizon"})
 HORIZON_FORMATS = ("full", "compact")
 # Integers longer than this are read as floats (then refused if not finite), never as Python
@@ -234,10 +236,11 @@ def parse_rows(
     min_rows: int = 1,
     max_rows: int | None = None,
 ) -> dict:
-    """A stream's rows, ``{"timestamps": [...], "values": {column: [...]}}`` (or ``values`` as
-    ``[rows, n_inputs]`` lists in the model's input order) -> ``{"values": float64 [rows, N],
-    "timestamps": list | None}`` for :class:`StreamPool`; raises :class:`ApiError` (413
-    ``too_many_rows`` beyond ``max_rows``, before any value is read)."""
+    """A stream's rows, ``{"timestamps": [...], "values": {column: [...]}, "from": position}``
+    (``values`` also as ``[rows, n_inputs]`` lists in the model's input order; ``from``
+    optional) -> ``{"values": float64 [rows, N], "timestamps": list | None, "from": int |
+    None}`` for :class:`StreamPool`; raises :class:`ApiError` (413 ``too_many_rows`` beyond
+    ``max_rows``, before any value is read)."""
     body = expect_object(body, what, ROW_FIELDS)
     if "values" not in body:
         raise ApiError(422, "shape", f"{what} has no 'values'")
@@ -310,7 +313,17 @@ def parse_rows(
     timestamps = body.get("timestamps")
     if timestamps is not None:
         timestamps = _parse_timestamps(timestamps, len(rows), spec, what)
-    return {"values": array, "timestamps": timestamps}
+    start = body.get("from")
+    if start is not None and (
+        not isinstance(start, int) or isinstance(start, bool) or not 0 <= start <= MAX_POSITION
+    ):
+        raise ApiError(
+            422,
+            "from",
+            f"{what}: 'from' must be an integer from 0 to 2**53 - 1 (the stream's position: "
+            f"the rows the server holds of it), got {start!r}",
+        )
+    return {"values": array, "timestamps": timestamps, "from": start}
 
 
 def _check_row_count(rows: int, limit: int | None, what: str) -> None:
@@ -358,14 +371,28 @@ def _parse_timestamps(raw: Any, rows: int, spec: ModelSpec, what: str) -> list:
     return raw
 
 
-def rejection_error(reason: str, message: str, row: int | None, last_time: Any) -> ApiError:
-    """A :class:`StreamRejection` as an HTTP error: 409 when the first new row does not follow
-    the stream's last acknowledged one (re-send from ``last_time``) or another request of the
-    stream is in progress, 500 when the server failed on the stream, 422 otherwise."""
+def rejection_error(
+    reason: str,
+    message: str,
+    row: int | None,
+    last_time: Any,
+    position: int | None = None,
+    sent_from: int | None = None,
+) -> ApiError:
+    """A :class:`StreamRejection` as an HTTP error: 409 when the rows do not follow what the
+    server holds of the stream (``"from"`` is not its ``position``, or the first new row does
+    not follow its last timestamp: re-send from ``position`` / after ``last_time``) or another
+    request of the stream is in progress, 500 when the server failed on the stream, 503 while
+    the server drains before stopping, 422 otherwise."""
     if reason == "busy":
         return ApiError(409, "stream_busy", message, reason=reason)
     if reason == "internal":
         return ApiError(500, "internal", message, reason=reason)
+    if reason == "draining":
+        return ApiError(503, "draining", message, reason=reason)
+    if reason == "position" and position is not None:
+        code = "stream_behind" if sent_from is None or sent_from > position else "already_seen"
+        return ApiError(409, code, message, reason=reason, position=position, last_time=last_time)
     if row == 0 and reason in _STATE_REASONS and last_time is not None:
         return ApiError(
             409,
@@ -374,6 +401,7 @@ def rejection_error(reason: str, message: str, row: int | None, last_time: Any) 
             "that follow it",
             reason=reason,
             last_time=last_time,
+            position=position,
         )
     return ApiError(422, reason, message, reason=reason, row=row)
 

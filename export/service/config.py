@@ -93,37 +93,39 @@ def snapshot_path(config: ServeConfig, index: int) -> Path | None:
 
 
 def check_snapshot_dir(config: ServeConfig, manifest: dict) -> None:
-    """Create ``--snapshot-dir`` or check that its snapshots were written for this bundle and
+    """Create ``--snapshot-dir`` or check that its snapshots hold streams of this kind of bundle
+    (the same inputs, input length and time index: a retrained model continues them) and of
     this many shards (streams are placed by shard count: another count would misroute them)."""
+    from timesclip_export.service.stream_pool import manifest_digest, state_layout
+
     if not config.snapshot_dir:
         return
     folder = Path(config.snapshot_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    layout = {"shards": config.shards, "bundle_manifest_sha256": _manifest_digest(manifest)}
+    layout = {"shards": config.shards, "streams": state_layout(manifest)}
     path = folder / LAYOUT_FILE
     if path.is_file():
         try:
             found = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"{path} is unreadable ({err}); use another --snapshot-dir") from err
+        if not isinstance(found, dict):
+            raise ValueError(f"{path} is not a snapshot layout; use another --snapshot-dir")
         if found.get("shards") != config.shards:
             raise ValueError(
                 f"--snapshot-dir {folder} holds snapshots of {found.get('shards')} shard(s); "
                 f"streams are placed by the number of shards, so start with --shards "
                 f"{found.get('shards')} or use an empty folder"
             )
-        if found.get("bundle_manifest_sha256") != layout["bundle_manifest_sha256"]:
+        same_bundle = found.get("bundle_manifest_sha256") == manifest_digest(manifest)
+        if found.get("streams") != layout["streams"] and not same_bundle:
             raise ValueError(
-                f"--snapshot-dir {folder} holds snapshots of another bundle; use an empty folder"
+                f"--snapshot-dir {folder} holds streams of a bundle with other inputs, input "
+                "length or time index; use an empty folder"
             )
-        return
+        if found == layout:
+            return
     write_text_atomic(path, json.dumps(layout))
-
-
-def _manifest_digest(manifest: dict) -> str:
-    from timesclip_export.service.stream_pool import manifest_digest
-
-    return manifest_digest(manifest)
 
 
 def read_manifest(config: ServeConfig) -> dict:

@@ -243,14 +243,17 @@ def _route(name: str, public: bool = False) -> Any:
 
 
 def _rejection(rejection: dict) -> ApiError:
+    last_time = None
     if rejection.get("known") and rejection.get("row") == 0:
-        return rejection_error(
-            rejection["reason"],
-            rejection["message"],
-            rejection["row"],
-            rejection.get("last_time") or "unknown",
-        )
-    return rejection_error(rejection["reason"], rejection["message"], rejection["row"], None)
+        last_time = rejection.get("last_time") or "unknown"
+    return rejection_error(
+        rejection["reason"],
+        rejection["message"],
+        rejection["row"],
+        last_time,
+        rejection.get("position"),
+        rejection.get("from"),
+    )
 
 
 # serve.ingress pickles the class now: everything it uses must be defined above it.
@@ -334,6 +337,8 @@ class Ingress:
         check_stream_id(stream)
         index = shard_for(stream, len(self.shards))
         dropped = await self._call_shard(index, "drop", stream)
+        if dropped is None:
+            raise ApiError(503, "draining", "the server is stopping; retry after a restart")
         return _json_response({"stream": stream, "dropped": dropped})
 
     @app.post(
@@ -355,6 +360,7 @@ class Ingress:
         return await self._answer(
             lambda: {
                 "stream": stream,
+                "position": answer["positions"][stream],
                 "forecasts": [forecast_json(f, self.spec, output) for f in forecasts],
             },
             len(forecasts),
@@ -388,7 +394,8 @@ class Ingress:
                 err = _rejection(rejection)
                 results[stream] = {"status": err.status, **err.body()}
             for stream, forecasts in answer["forecasts"].items():
-                results[stream] = {"status": 200, "forecasts": forecasts}
+                position = answer["positions"][stream]
+                results[stream] = {"status": 200, "position": position, "forecasts": forecasts}
                 n += len(forecasts)
 
         def payload() -> dict:
@@ -494,6 +501,10 @@ class Ingress:
                 min_rows=icl,
                 max_rows=max(icl, self.config.max_rows_per_stream),
             )
+            if rows["from"] is not None:
+                raise ApiError(
+                    422, "unknown_field", f"window {w}: a stateless window has no 'from'"
+                )
             timestamps = rows["timestamps"]
             out.append(
                 {
@@ -598,7 +609,12 @@ class Ingress:
             ),
             return_exceptions=True,
         )
-        merged: dict[str, dict] = {"forecasts": {}, "rejected": {}, "unavailable": {}}
+        merged: dict[str, dict] = {
+            "forecasts": {},
+            "positions": {},
+            "rejected": {},
+            "unavailable": {},
+        }
         for (_, group), answer in zip(calls, answers, strict=True):
             if isinstance(answer, _ShardUnavailable):
                 merged["unavailable"].update({stream: str(answer) for stream in group})
@@ -619,6 +635,7 @@ class Ingress:
                 )
             else:
                 merged["forecasts"].update(answer["forecasts"])
+                merged["positions"].update(answer["positions"])
                 merged["rejected"].update(answer["rejected"])
         return merged
 

@@ -12,6 +12,11 @@ module starts, stops and snapshots the Serve application (``timesclip``); its de
   ``POST /v1/forecast`` windows are batched on the shards' models too (round-robin, in parts of
   ``--batch-size`` windows).
 
+Stopping (SIGINT or SIGTERM, :func:`stop`) drains before it removes anything: every shard
+refuses new changes with 503 ``draining`` + ``Retry-After``, finishes the ones in flight and
+writes its snapshot; then the application goes. So every row a client saw acknowledged is in a
+snapshot. A signal during start-up stops what was started so far (Ray included).
+
 Metrics are Ray's (``ray.util.metrics``), exported by each node's metrics agent as
 ``ray_timesclip_serve_*`` on the node's metrics export port. Ray is imported by the service's
 deployments only: the runtime (``timesclip_export.runtime``) never imports it.
@@ -23,6 +28,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -35,9 +41,12 @@ from timesclip_export.service.config import (
     read_manifest,
 )
 from timesclip_export.service.ingress import Ingress
-from timesclip_export.service.shard import Shard
+from timesclip_export.service.shard import SHUTDOWN_TIMEOUT_S, Shard
 
-__all__ = ["ServeConfig", "build_app", "run_server", "snapshot_all", "start", "stop"]
+__all__ = ["ServeConfig", "build_app", "drain_all", "run_server", "snapshot_all", "start", "stop"]
+logger = logging.getLogger("timesclip_export.service.server")
+# Seconds Serve's shutdown may take before Ray is stopped regardless (a local Ray only).
+_TEARDOWN_TIMEOUT_S = 60
 
 
 def build_app(config: ServeConfig) -> Any:
@@ -55,6 +64,7 @@ def build_app(config: ServeConfig) -> Any:
             max_queued_requests=config.max_queued_requests,  # beyond: 503 at the ingress
             ray_actor_options={"num_cpus": 0, **gpus},
             health_check_period_s=5,
+            graceful_shutdown_timeout_s=SHUTDOWN_TIMEOUT_S,  # room for the last snapshot
         ).bind(values, i)
         for i in range(config.shards)
     ]
@@ -74,9 +84,13 @@ def shard_handles(config: ServeConfig) -> list[Any]:
     ]
 
 
-def start(config: ServeConfig, quiet: bool = False) -> None:
+def start(
+    config: ServeConfig, quiet: bool = False, on_ray_up: Callable[[], None] | None = None
+) -> None:
     """Connect to (or start) Ray, start Serve's HTTP proxy on ``host:port`` and deploy. Paths
-    are made absolute first: replicas may run in another folder (or on another node)."""
+    are made absolute first: replicas may run in another folder (or on another node).
+    ``on_ray_up`` runs once Ray is up (:func:`run_server` installs its signal handlers there,
+    after Ray's); whatever raises from there on, a signal included, stops what was started."""
     import ray
 
     config.check()
@@ -91,16 +105,20 @@ def start(config: ServeConfig, quiet: bool = False) -> None:
     if not config.address:
         _check_port_free(config.host, config.port)
     init: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": not quiet}
-    if config.address:
-        ray.init(address=config.address, **init)
-    else:
-        ray.init(
-            address="local",
-            include_dashboard=False,
-            _metrics_export_port=config.metrics_port,
-            **init,
-        )
     try:
+        # ray.init puts its own SIGTERM handler in (sys.exit): a SIGTERM while Ray starts
+        # unwinds from here, and what Ray had started is stopped below.
+        if config.address:
+            ray.init(address=config.address, **init)
+        else:
+            ray.init(
+                address="local",
+                include_dashboard=False,
+                _metrics_export_port=config.metrics_port,
+                **init,
+            )
+        if on_ray_up is not None:
+            on_ray_up()
         # Serve's own timeout backs up the ingress's (a JSON 504) should a handler hang.
         serve.start(
             http_options={
@@ -139,36 +157,98 @@ def snapshot_all(config: ServeConfig, timeout_s: float = 120) -> list[str | None
     return [r.result(timeout_s=timeout_s) for r in responses]
 
 
+def drain_all(config: ServeConfig, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> list[str | None]:
+    """Drain every shard (:meth:`Shard.drain`): new changes get 503 ``draining``, the ones in
+    flight finish, the snapshot is written. A shard that cannot be reached is logged and
+    skipped (its last periodic snapshot stands)."""
+    responses = [handle.drain.remote() for handle in shard_handles(config)]
+    written: list[str | None] = []
+    for index, response in enumerate(responses):
+        try:
+            written.append(response.result(timeout_s=timeout_s))
+        except Exception as err:
+            print(f"warning: shard {index} did not drain ({type(err).__name__}: {err})", flush=True)
+            written.append(None)
+    return written
+
+
 def stop(config: ServeConfig) -> None:
-    """Snapshot the shards, remove the application, and stop a Ray this process started."""
+    """Drain the shards (their snapshots written), remove the application, and stop a Ray
+    this process started."""
     try:
-        if config.snapshot_dir:
-            snapshot_all(config)
+        drain_all(config)
     finally:
         _teardown(config)
 
 
 def _teardown(config: ServeConfig) -> None:
     """Remove the application: on a cluster only ours (other Serve apps stay), on the local Ray
-    this process started, Serve and Ray themselves."""
+    this process started, Serve and Ray themselves (Ray after at most ``_TEARDOWN_TIMEOUT_S``
+    of Serve's shutdown, so that a broken Serve never keeps the command from ending)."""
     import ray
 
+    if not ray.is_initialized():
+        return
     if config.address:
         serve.delete(APP_NAME)
     else:
-        serve.shutdown()
+        done = threading.Thread(target=_quietly(serve.shutdown), daemon=True)
+        done.start()
+        done.join(_TEARDOWN_TIMEOUT_S)
     ray.shutdown()
 
 
+def _quietly(fn: Callable[[], Any]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            fn()
+        except Exception:
+            logger.exception("stopping Serve failed; stopping Ray regardless")
+
+    return run
+
+
+class _Interrupted(BaseException):
+    """SIGINT or SIGTERM during start-up: unwinds :func:`start`, which stops what it began."""
+
+
 def run_server(config: ServeConfig) -> int:
-    """``timesclip-darts serve``: serve until SIGINT or SIGTERM, then snapshot and stop."""
+    """``timesclip-darts serve``: serve until SIGINT or SIGTERM, then drain, snapshot and stop.
+    A signal while Ray starts is acted on once it is up; one while Serve deploys interrupts
+    the deployment; either way everything started is stopped."""
     stopping = threading.Event()
-    start(config)
-    # After ray.init, which installs its own handlers: stop cleanly (snapshots) on either.
-    previous = {
-        sig: signal.signal(sig, lambda *_: stopping.set())
-        for sig in (signal.SIGINT, signal.SIGTERM)
-    }
+    interruptible = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stopping.set()
+        if interruptible.is_set():
+            interruptible.clear()
+            raise _Interrupted(signum)
+
+    def on_ray_up() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # again: ray.init installs its own
+            signal.signal(sig, on_signal)
+        if stopping.is_set():
+            raise _Interrupted(signal.SIGTERM)
+        interruptible.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        start(config, on_ray_up=on_ray_up)
+    except (_Interrupted, SystemExit):  # SystemExit: Ray's SIGTERM handler, while Ray starts
+        _restore(previous)
+        _teardown(config)  # a no-op unless the signal came just after start() returned
+        print("stopped during start-up", file=sys.stderr, flush=True)
+        return 0
+    except BaseException:
+        _restore(previous)
+        raise
+    interruptible.clear()
+    if stopping.is_set():  # a signal between the deployment and here
+        _restore(previous)
+        stop(config)
+        print("stopped", file=sys.stderr, flush=True)
+        return 0
     try:
         where = f"http://{config.host}:{config.port}"
         print(
@@ -185,10 +265,17 @@ def run_server(config: ServeConfig) -> int:
             )
         while not stopping.wait(0.5):
             pass
-        print("stopping: writing snapshots" if config.snapshot_dir else "stopping", flush=True)
+        print(
+            "stopping: draining, then writing snapshots" if config.snapshot_dir else "stopping",
+            flush=True,
+        )
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _restore(previous)
         stop(config)
     print("stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def _restore(handlers: dict) -> None:
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)

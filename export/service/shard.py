@@ -2,7 +2,14 @@
 lives in exactly one process. Concurrent requests meet in ``@serve.batch`` (sized in rows, so a
 batch is at most one device call of ``--batch-size`` windows); a request too large for one batch
 runs in steps of ``--batch-size`` windows between the batches of others; failures stay with the
-stream they happened on (:mod:`timesclip_export.service.stream_pool`)."""
+stream they happened on (:mod:`timesclip_export.service.stream_pool`).
+
+Durability: with ``--snapshot-dir`` a shard restores its pool when it starts (a file it cannot
+restore is set aside and the shard starts empty), writes it every ``--snapshot-every`` seconds on
+a thread of its own (the state is copied under the pool's lock, the file written after), and on
+the way down: :meth:`Shard.drain` refuses new changes (503 ``draining``), waits for the changes
+in flight and writes the snapshot; ``__del__``, Serve's shutdown hook, does the same for a
+shutdown that did not drain first."""
 
 from __future__ import annotations
 
@@ -25,6 +32,8 @@ from timesclip_export.service.config import LATENCY_BOUNDS, ServeConfig, snapsho
 # its last step's duration: under load it gets 1 / (1 + this) of the shard's time, at least.
 _BATCHES_PER_STEP = 2
 _BATCH_BOUNDS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
+# Seconds Serve gives a stopping shard to finish its requests and write its snapshot.
+SHUTDOWN_TIMEOUT_S = 300
 logger = logging.getLogger("timesclip_export.service.shard")
 
 
@@ -71,7 +80,7 @@ class Shard:
     other requests."""
 
     def __init__(self, config: dict, index: int) -> None:
-        from timesclip_export.service.stream_pool import StreamPool
+        from timesclip_export.service.stream_pool import open_pool
 
         self.config = ServeConfig(**config)
         self.index = index
@@ -79,17 +88,23 @@ class Shard:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"shard{index}")
         self._path = snapshot_path(self.config, index)
         kwargs = {"max_streams": self.config.max_streams, "batch_size": self.config.batch_size}
-        self.restored_from: str | None = None
-        if self._path is not None and self._path.exists():
-            self.pool = StreamPool.restore(self._path, self.forecaster, **kwargs)
-            self.restored_from = str(self._path)
-        else:
-            self.pool = StreamPool(self.forecaster, **kwargs)
+        self.pool, aside = open_pool(self._path, self.forecaster, **kwargs)
+        restored = aside is None and self._path is not None and self._path.exists()
+        self.restored_from: str | None = str(self._path) if restored else None
+        self.set_aside: str | None = None if aside is None else str(aside)
         self._evictions = int(self.pool.stats()["evictions"])
         self._batches: Tally[int] = Tally()  # requests per @serve.batch call
         self._windows: Tally[int] = Tally()  # windows per device call
         self._m = _ShardMetrics({"shard": str(index)})
         self._m.streams.set(len(self.pool), tags=self._m.tags)
+        if aside is not None:
+            self._m.set_aside.inc(tags=self._m.tags)
+        self._snapshot_lock = threading.Lock()  # one snapshot at a time
+        self._draining = False  # set by drain() and __del__: no more changes
+        self._drained = False  # drain() wrote its snapshot
+        self._changing = 0  # requests that may change the pool, in flight
+        self._settled = asyncio.Event()  # set while none is
+        self._settled.set()
         self._batched = 0  # rows requests waiting in or running their @serve.batch
         self._no_batches = asyncio.Event()
         self._no_batches.set()
@@ -107,18 +122,34 @@ class Shard:
 
     # -- batched stream rows -------------------------------------------------------------
     async def rows(self, request: dict) -> dict:
-        """``{"streams": {id: {"values", "timestamps"}}, "parameters": bool}`` of at most
-        ``--batch-size`` rows -> ``{"forecasts": {id: [Forecast]}, "rejected": {id: {...}}}``,
-        batched with the other requests; counted while it waits, so that a large request's
-        steps let it go first."""
+        """``{"streams": {id: {"values", "timestamps", "from"}}, "parameters": bool}`` of at
+        most ``--batch-size`` rows -> ``{"forecasts": {id: [Forecast]}, "positions": {id: int},
+        "rejected": {id: {...}}}``, batched with the other requests; counted while it waits, so
+        that a large request's steps let it go first."""
+        if self._draining:
+            return _draining_answer(request["streams"])
         self._batched += 1
         self._no_batches.clear()
         try:
-            return await self._rows_batched(request)
+            with self._change():
+                return await self._rows_batched(request)
         finally:
             self._batched -= 1
             if not self._batched:
                 self._no_batches.set()
+
+    @contextlib.contextmanager
+    def _change(self) -> Any:
+        """Count a request that may change the pool, so that :meth:`drain` can wait for it
+        (entered on the event loop with no ``await`` after the draining check: atomic)."""
+        self._changing += 1
+        self._settled.clear()
+        try:
+            yield
+        finally:
+            self._changing -= 1
+            if not self._changing:
+                self._settled.set()
 
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005, batch_size_fn=_rows_in)
     async def _rows_batched(self, requests: list[dict]) -> list[dict]:
@@ -126,7 +157,7 @@ class Shard:
 
     def _rows_batch(self, requests: list[dict]) -> list[dict]:
         start = time.perf_counter()
-        answers: list[dict] = [{"forecasts": {}, "rejected": {}} for _ in requests]
+        answers: list[dict] = [_answer() for _ in requests]
         parameters = any(r.get("parameters") for r in requests)
         # Rounds: a stream sent by two requests of this batch goes in two updates, in order.
         rounds: list[dict[str, tuple[int, dict]]] = []
@@ -166,6 +197,12 @@ class Shard:
         step took: other streams keep their latency and the large request still gets a third
         of the shard's time. A cancelled request (client gone, timeout) changes nothing."""
         streams, parameters = request["streams"], bool(request.get("parameters"))
+        if self._draining:
+            return _draining_answer(streams)
+        with self._change():
+            return await self._rows_large(streams, parameters)
+
+    async def _rows_large(self, streams: dict, parameters: bool) -> dict:
         known, pending = await self._run(self._begin, streams, parameters)
         step_seconds = 0.0
         try:
@@ -184,7 +221,7 @@ class Shard:
         except BaseException:
             await asyncio.shield(self._run(self.pool.abandon, pending))
             raise
-        answers: list[dict] = [{"forecasts": {}, "rejected": {}}]
+        answers: list[dict] = [_answer()]
         batch = {stream: (0, rows) for stream, rows in streams.items()}
         await self._run(self._record, update, batch, known, answers)  # reads the pool: its thread
         await self._run(self._count_evictions)
@@ -212,6 +249,8 @@ class Shard:
                 "row": r.row,
                 "known": known[r.stream],
                 "last_time": state.get("last_time"),
+                "position": state.get("position", 0),
+                "from": rows.get("from"),
             }
             rejected_rows = max(1, len(rows["values"]))
             self._m.rejected.inc(rejected_rows, tags={**self._m.tags, "reason": r.reason})
@@ -223,6 +262,10 @@ class Shard:
         for stream, (i, _) in batch.items():
             if stream not in answers[i]["rejected"]:
                 answers[i]["forecasts"].setdefault(stream, [])
+                position = update.positions.get(stream)
+                if position is None:  # no new rows: the stream is as it was
+                    position = (self.pool.info(stream) or {}).get("position", 0)
+                answers[i]["positions"][stream] = position
         for forecast in update.forecasts:
             i = batch[forecast.stream][0]
             answers[i]["forecasts"][forecast.stream].append(Forecast.of(forecast))
@@ -280,8 +323,12 @@ class Shard:
         state = await self._run(self.pool.info, stream)
         return None if state is None else {"stream": stream, "shard": self.index, **state}
 
-    async def drop(self, stream: str) -> bool:
-        dropped = await self._run(self.pool.drop, stream)
+    async def drop(self, stream: str) -> bool | None:
+        """Forget a stream: whether there was one; ``None`` while draining (nothing changed)."""
+        if self._draining:
+            return None
+        with self._change():
+            dropped = await self._run(self.pool.drop, stream)
         self._m.streams.set(len(self.pool), tags=self._m.tags)
         return dropped
 
@@ -293,6 +340,8 @@ class Shard:
                 "pid": os.getpid(),
                 "rss_bytes": rss_bytes(),
                 "restored_from": self.restored_from,
+                "snapshot_set_aside": self.set_aside,
+                "draining": self._draining,
                 "batch_requests": _summary(self._batches),
                 "batch_windows": _summary(self._windows),
                 "device": self.forecaster.describe(),
@@ -301,15 +350,29 @@ class Shard:
         return await self._run(read)
 
     async def snapshot(self) -> str | None:
-        """Write the pool (atomically) now; the file, or ``None`` without ``--snapshot-dir``."""
-        return await self._run(self._snapshot)
+        """Write the pool (atomically) now, beside the requests (it copies the state under the
+        pool's lock and writes it on a thread of its own); the file, or ``None`` without
+        ``--snapshot-dir``."""
+        return await asyncio.to_thread(self._snapshot)
+
+    async def drain(self) -> str | None:
+        """Stop changing: from now on rows and drops get 503 ``draining`` (nothing of them
+        stored), the changes in flight finish, then the snapshot is written. Reads and stateless
+        windows go on. The file, or ``None`` without ``--snapshot-dir``."""
+        self._draining = True
+        while self._changing:
+            await self._settled.wait()
+        path = await asyncio.to_thread(self._snapshot)
+        self._drained = True
+        return path
 
     def _snapshot(self) -> str | None:
         if self._path is None:
             return None
-        start = time.perf_counter()
-        self.pool.snapshot(self._path)
-        self._m.snapshot_seconds.observe(time.perf_counter() - start, tags=self._m.tags)
+        with self._snapshot_lock:
+            start = time.perf_counter()
+            self.pool.snapshot(self._path)
+            self._m.snapshot_seconds.observe(time.perf_counter() - start, tags=self._m.tags)
         return str(self._path)
 
     def _gauge_loop(self) -> None:
@@ -320,13 +383,37 @@ class Shard:
     def _snapshot_loop(self) -> None:
         while not self._stop.wait(self.config.snapshot_every):
             try:
-                self._executor.submit(self._snapshot).result()
+                self._snapshot()
             except Exception:  # keep serving; the next tick tries again
                 logger.exception("shard %d: snapshot failed", self.index)
 
     def __del__(self) -> None:
-        if hasattr(self, "_stop"):
-            self._stop.set()
+        """Serve's shutdown hook (after the replica's requests drained, or its time ran out):
+        no more changes, then the snapshot, unless :meth:`drain` wrote it already."""
+        if not hasattr(self, "_stop"):  # __init__ failed: nothing to keep
+            return
+        self._stop.set()
+        self._draining = True
+        if self._drained:  # drain() wrote the last state
+            return
+        try:
+            self._snapshot()
+        except Exception:
+            logger.exception("shard %d: the snapshot on shutdown failed", self.index)
+
+
+def _answer() -> dict:
+    return {"forecasts": {}, "positions": {}, "rejected": {}}
+
+
+def _draining_answer(streams: dict) -> dict:
+    """Every stream refused while the shard drains: nothing of them was stored."""
+    message = "the server is stopping (its streams are being saved); retry after a restart"
+    rejected = {
+        stream: {"reason": "draining", "message": f"stream {stream!r}: {message}", "row": None}
+        for stream in streams
+    }
+    return {**_answer(), "rejected": rejected}
 
 
 def _failed_update(streams: dict, err: Exception) -> Any:
@@ -382,6 +469,11 @@ class _ShardMetrics:
             "timesclip_serve_shard_batch_seconds",
             "seconds per batch in a shard",
             boundaries=LATENCY_BOUNDS,
+            tag_keys=keys,
+        )
+        self.set_aside = metrics.Counter(
+            "timesclip_serve_snapshots_set_aside_total",
+            "snapshots that could not be restored, renamed aside (the shard started empty)",
             tag_keys=keys,
         )
         self.snapshot_seconds = metrics.Histogram(

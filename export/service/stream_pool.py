@@ -2,25 +2,31 @@
 a row every 15 minutes each), a forecast for every stream after every new row.
 
 A :class:`StreamPool` keeps, per stream, what :meth:`RollingForecaster.update` keeps for its one
-stream: the last ``input_chunk_length - 1`` raw rows (float32), the last timestamp and whether
-the stream is timed. Each :meth:`StreamPool.update` checks every stream's rows with the
-forecaster's own checks, refuses a stream with any bad row whole (its state unchanged, the others
-go on), and runs the windows completed by all accepted streams as a few large batches: one device
-call per ``batch_size`` windows. Since the runtime's forecasts do not depend on the batch a
-window is in (the engines' ``_run_batch``), they equal those of one
-:class:`RollingForecaster` per stream exactly (on CPU; on CUDA, to float tolerance).
+stream: the last ``input_chunk_length - 1`` raw rows (float32), the last timestamp and whether the
+stream is timed, plus its *position*: the rows it has accepted. A caller that sends the position it
+believes (``"from"``) learns of any rows the pool does not have (lost in a restart from an older
+snapshot, or with an evicted stream) instead of getting a window with a hole. Each
+:meth:`StreamPool.update` checks every stream's rows with the forecaster's own checks, refuses a
+stream with any bad row whole (its state unchanged, the others go on), and runs the windows
+completed by all accepted streams as a few large batches: one device call per ``batch_size``
+windows. Since the runtime's forecasts do not depend on the batch a window is in (the engines'
+``_run_batch``), they equal those of one :class:`RollingForecaster` per stream exactly (on CPU; on
+CUDA, to float tolerance).
 
-State lives in one preallocated float32 slab ``[capacity, input_chunk_length - 1, variates]``
-(a stream's rows right-aligned in its slot, fewer while its first window fills) plus a few
-numbers per slot, and an insertion-ordered map from stream id to slot that doubles as the
-least-recently-updated order for eviction (``max_streams``). The slab grows by doubling, up to
-``max_streams``: memory is about ``streams x (input_chunk_length - 1) x variates x 4`` bytes
-(10,000 ETT streams at input length 96: 27 MB).
+State lives in one preallocated float32 slab ``[capacity, input_chunk_length - 1, variates]`` (a
+stream's rows right-aligned in its slot, fewer while its first window fills) plus a few numbers per
+slot, and an insertion-ordered map from stream id to slot that doubles as the least-recently-
+updated order for eviction (``max_streams``). The slab grows by doubling, up to ``max_streams``:
+memory is about ``streams x (input_chunk_length - 1) x variates x 4`` bytes (10,000 ETT streams at
+input length 96: 27 MB).
 
 :meth:`StreamPool.snapshot` writes the state atomically (a temporary file in the same folder,
-fsync, rename) as an ``.npz`` of plain arrays with a JSON header (no pickle), bound to the
-bundle by the sha256 of its manifest; :meth:`StreamPool.restore` reads it back, so a restarted
-process continues every stream at once.
+fsync, rename) as an ``.npz`` of plain arrays with a JSON header (no pickle);
+:meth:`StreamPool.restore` reads it back, so a restarted process continues every stream at once.
+The state is raw rows, which do not depend on the model's weights: a snapshot is bound to what the
+rows mean (:func:`state_layout`: the inputs, the input length and the time index), so a retrained
+bundle keeps every stream warm. :func:`open_pool` restores a snapshot or, when it cannot be read,
+sets it aside and starts empty.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import json
 import logging
 import os
 import threading
+import time
 import zipfile
 from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
@@ -44,8 +51,9 @@ from timesclip_export.runtime.forecaster import RollingForecaster
 from timesclip_darts.atomic_files import atomic_path
 
 SNAPSHOT_FORMAT = "timesclip-stream-pool"
-SNAPSHOT_FORMAT_VERSION = 1
-_ENTRY_KEYS = {"values", "timestamps"}
+SNAPSHOT_FORMAT_VERSION = 2  # 2: bound to state_layout() instead of the manifest's sha256
+_READABLE_VERSIONS = (1, 2)  # 1: read only with the very bundle that wrote it
+_ENTRY_KEYS = {"values", "timestamps", "from"}
 _INITIAL_CAPACITY = 64
 logger = logging.getLogger("timesclip_export.service.stream_pool")
 
@@ -73,25 +81,31 @@ class StreamRejection:
 
     ``reason`` is a short machine key for a problem of the input (``"nan"``, ``"too_large"``,
     ``"gap"``, ``"duplicate"``, ``"out_of_order"``, ``"columns"``, ``"shape"``, ``"dtype"``,
-    ``"timestamps"``, ``"timezone"``, ``"format"``, ``"stream"``), ``"busy"`` while another
-    update of the stream is pending (:meth:`StreamPool.begin`), or ``"internal"`` when the
-    runtime failed on this stream's windows (logged; the other streams of the call go on);
+    ``"timestamps"``, ``"timezone"``, ``"format"``, ``"stream"``), ``"position"`` when the
+    rows' ``"from"`` is not the stream's position (:attr:`position` is the pool's), ``"busy"``
+    while another update of the stream is pending (:meth:`StreamPool.begin`), or
+    ``"internal"`` when the runtime failed on this stream's windows (logged; the other streams
+    of the call go on);
     ``message`` one line naming the stream and the problem; ``row`` the offending row of the
-    stream's rows (of the whole input for :meth:`StreamPool.update_columnar`)."""
+    stream's rows (of the whole input for :meth:`StreamPool.update_columnar`); ``position`` the
+    rows the pool holds of the stream (0 for one it does not hold), set for ``"position"``."""
 
     stream: str
     reason: str
     message: str
     row: int | None
+    position: int | None = None
 
 
 @dataclass
 class PoolUpdate:
     """What one :meth:`StreamPool.update` did: forecasts (in input order per stream, streams in
-    input order) and the streams it refused."""
+    input order), the streams it refused, and each accepted stream's position after it (the
+    rows it has accepted: the ``"from"`` of its next rows)."""
 
     forecasts: list[StreamForecast] = field(default_factory=list)
     rejected: list[StreamRejection] = field(default_factory=list)
+    positions: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -178,7 +192,7 @@ class StreamPool:
         self._total_rows = 0
         self._total_forecasts = 0
         self._rejected: Counter[str] = Counter()
-        self._digest = manifest_digest(forecaster.manifest)
+        self._layout = state_layout(forecaster.manifest)
         self._busy: set[str] = set()  # streams of pending updates (begin() .. finish())
         self._lock = threading.Lock()
 
@@ -186,12 +200,14 @@ class StreamPool:
     def update(self, rows: Mapping[str, Any], *, parameters: bool = False) -> PoolUpdate:
         """Append each stream's new rows and forecast after every row that completes a window.
 
-        ``rows`` maps stream ids to ``{"values": ..., "timestamps": ...}`` (values: an array
-        ``[rows, variates]`` in the bundle's input order, a DataFrame or a ``{column: list}``
-        mapping checked by column name; lists of numbers are taken as float64; timestamps: a
-        list or array, or ``None``) or straight to an array (no timestamps). A stream with any
-        bad row, or timestamps that do not follow its last one by exactly one step, is refused
-        whole (:attr:`PoolUpdate.rejected`) and keeps its state; the others go on. All windows
+        ``rows`` maps stream ids to ``{"values": ..., "timestamps": ..., "from": ...}`` (values:
+        an array ``[rows, variates]`` in the bundle's input order, a DataFrame or a ``{column:
+        list}`` mapping checked by column name; lists of numbers are taken as float64;
+        timestamps: a list or array, or ``None``; from: optional, the stream's position the
+        caller believes, i.e. the index of the first row sent) or straight to an array (no
+        timestamps). A stream with any bad row, timestamps that do not follow its last one by
+        exactly one step, or a ``from`` other than its position, is refused whole
+        (:attr:`PoolUpdate.rejected`) and keeps its state; the others go on. All windows
         completed by the accepted streams run in ``batch_size`` chunks, one device call each.
         """
         entries = _entries(rows)
@@ -277,19 +293,27 @@ class StreamPool:
 
     @classmethod
     def restore(cls, path: str | Path, forecaster: RollingForecaster, **kwargs: Any) -> StreamPool:
-        """A pool with the streams of a :meth:`snapshot`, for the same bundle; ``kwargs`` go to
+        """A pool with the streams of a :meth:`snapshot`, for any bundle whose rows mean the
+        same (:func:`state_layout`: a retrained model continues every stream); ``kwargs`` go to
         the constructor. With a smaller ``max_streams`` than the snapshot's streams, the least
         recently updated ones are evicted (and counted). Raises :class:`SnapshotError` for a
-        file that is not a snapshot, of another format version, or of another bundle."""
+        file that is not a snapshot, of another format version, or of a bundle whose inputs,
+        input length or time index differ."""
         path = Path(path)
         header, arrays = _read_snapshot(path)
         pool = cls(forecaster, **kwargs)
-        if header["bundle_manifest_sha256"] != pool._digest:
+        if header["format_version"] == 1:
+            compatible = header.get("bundle_manifest_sha256") == manifest_digest(
+                forecaster.manifest
+            )
+        else:
+            compatible = header.get("layout") == pool._layout
+        if not compatible:
             raise SnapshotError(
-                f"{path} holds streams of another bundle (manifest sha256 "
-                f"{str(header['bundle_manifest_sha256'])[:12]}...), not of {forecaster.bundle} "
-                f"(manifest sha256 {pool._digest[:12]}...); restore it with the bundle it was "
-                "written with"
+                f"{path} holds streams of another kind of bundle (its rows: "
+                f"{_describe_layout(header)}), not of {forecaster.bundle} "
+                f"({_describe_layout({'layout': pool._layout})}); "
+                "restore it with a bundle of the same inputs, input length and time index"
             )
         ids = header["ids"]
         shape = (len(ids), pool._keep, pool._n)
@@ -340,9 +364,10 @@ class StreamPool:
             }
 
     def info(self, stream: str) -> dict | None:
-        """One stream's accepted rows, forecasts and last timestamp (as the bundle's index
-        writes it: ISO 8601 or an integer; ``None`` for an untimed stream); ``None`` for a
-        stream the pool does not hold (never seen, dropped or evicted)."""
+        """One stream's accepted rows (``rows``; ``position``, the same count, is what its next
+        rows' ``"from"`` must be), forecasts and last timestamp (as the bundle's index writes
+        it: ISO 8601 or an integer; ``None`` for an untimed stream); ``None`` for a stream the
+        pool does not hold (never seen, dropped or evicted)."""
         with self._lock:
             slot = self._slots.get(stream)
             if slot is None:
@@ -351,6 +376,7 @@ class StreamPool:
             last = np.asarray([self._last_time[slot]], np.int64)
             return {
                 "rows": int(self._rows[slot]),
+                "position": int(self._rows[slot]),
                 "forecasts": int(self._forecasts[slot]),
                 "last_time": _as_labels(last, self.forecaster.time)[0] if timed else None,
             }
@@ -387,7 +413,8 @@ class StreamPool:
                 if row is not None and row_index is not None and stream in row_index:
                     row = int(row_index[stream][row])
                 message = f"stream {stream!r}: {err}".replace("\n", " ")
-                rejected.append(StreamRejection(str(stream), err.reason, message, row))
+                position = self._position(stream) if err.reason == "position" else None
+                rejected.append(StreamRejection(str(stream), err.reason, message, row, position))
                 self._rejected[err.reason] += 1
             except Exception as err:  # a bug met by this stream's rows: refuse it alone
                 logger.exception("checking the rows of stream %r failed", stream)
@@ -458,6 +485,7 @@ class StreamPool:
                         )
                     )
                 self._commit(a)
+                result.positions[a.stream] = int(self._rows[self._slots[a.stream]])
         finally:
             self._release(pending)
         return result
@@ -482,13 +510,16 @@ class StreamPool:
                     reason="format",
                 )
             values, timestamps = entry["values"], entry.get("timestamps")
+            start = entry.get("from")
         else:
-            values, timestamps = entry, None
+            values, timestamps, start = entry, None, None
         if stream in self._busy:
             raise InputError(
                 "another update of this stream is in progress; send these rows again after it",
                 reason="busy",
             )
+        if start is not None:
+            self._check_position(stream, start)
         forecaster = self.forecaster
         if isinstance(values, Mapping):  # {column: list of values}
             forecaster._check_columns([str(c) for c in values])
@@ -517,6 +548,38 @@ class StreamPool:
         combined = np.concatenate((kept, values)) if filled else values
         n_windows = max(0, len(combined) - self._icl + 1)
         return _Accepted(stream, slot, combined, len(values), times, n_windows)
+
+    def position(self, stream: str) -> int:
+        """The rows the pool holds of ``stream`` (what its next rows' ``"from"`` must be): 0 for
+        one it does not hold."""
+        with self._lock:
+            return self._position(stream)
+
+    def _position(self, stream: str) -> int:
+        slot = self._slots.get(stream)
+        return 0 if slot is None else int(self._rows[slot])
+
+    def _check_position(self, stream: str, start: Any) -> None:
+        """Refuse rows whose ``from`` is not the stream's position (reason ``"position"``)."""
+        if not isinstance(start, int | np.integer) or isinstance(start, bool) or start < 0:
+            raise InputError(
+                f"'from' must be a non-negative integer (the stream's position), got {start!r}",
+                reason="format",
+            )
+        position = self._position(stream)
+        if start != position:
+            held = "no rows" if not position else f"{position} row(s)"
+            raise InputError(
+                f"rows from position {start}, but the stream has {held} here"
+                + (
+                    " (rows after it were lost, or the stream was evicted or dropped): send "
+                    f"the rows from position {position}"
+                    if start > position
+                    else f": rows {start}..{position - 1} were accepted already; send the rows "
+                    f"from position {position}"
+                ),
+                reason="position",
+            )
 
     def _forecast(self, pending: PendingUpdate, start: int, stop: int) -> np.ndarray:
         """Windows ``[start, stop)`` of a pending update, batched: ``[windows, H, N_t, P]``."""
@@ -636,9 +699,7 @@ class StreamPool:
         header = {
             "format": SNAPSHOT_FORMAT,
             "format_version": SNAPSHOT_FORMAT_VERSION,
-            "bundle_manifest_sha256": self._digest,
-            "input_chunk_length": self._icl,
-            "inputs": list(self.forecaster.inputs),
+            "layout": self._layout,
             "ids": list(self._slots),
             "stats": {
                 "evictions": self._evictions,
@@ -654,11 +715,57 @@ class StreamPool:
         return arrays
 
 
+def state_layout(manifest: Mapping[str, Any]) -> dict:
+    """What a stream's stored state means, and so which bundles a snapshot loads into: the
+    inputs (names, in order), the input length (rows kept) and the time index (kind and step:
+    the gap check follows it). The weights, the scaler and the horizon do not matter: the
+    state is raw rows, and the model runs on them afresh."""
+    model = manifest["model"]
+    time = manifest.get("time") or {}
+    return {
+        "inputs": [str(name) for name in model["inputs"]],
+        "input_chunk_length": int(model["input_chunk_length"]),
+        "time": {key: time.get(key) for key in ("index", "freq", "step_ns", "step")},
+    }
+
+
 def manifest_digest(manifest: Mapping[str, Any]) -> str:
-    """sha256 of a bundle's manifest (canonical JSON): it lists every file's sha256, so it names
-    the exact model a snapshot's streams were fed to."""
+    """sha256 of a bundle's manifest (canonical JSON): what format-1 snapshots were bound to."""
     canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _describe_layout(header: Mapping[str, Any]) -> str:
+    layout = header.get("layout")
+    if not isinstance(layout, Mapping):  # format 1: bound to one bundle
+        digest = str(header.get("bundle_manifest_sha256"))
+        return f"the bundle of manifest sha256 {digest[:12]}..."
+    time = layout.get("time") or {}
+    step = time.get("freq") or time.get("step") or "no frequency"
+    return (
+        f"inputs {layout.get('inputs')}, input length {layout.get('input_chunk_length')}, "
+        f"{time.get('index') or 'no'} time index ({step})"
+    )
+
+
+def open_pool(
+    path: Path | None, forecaster: RollingForecaster, **kwargs: Any
+) -> tuple[StreamPool, Path | None]:
+    """The pool of the snapshot at ``path`` (:meth:`StreamPool.restore`), or an empty one when
+    there is none; a snapshot that cannot be restored (damaged, of another format or another
+    kind of bundle) is renamed ``<name>.set-aside-<UTC time>`` beside it, logged, and the pool
+    starts empty, so that a bad file never keeps a server from starting. Returns the pool and
+    the path of the file set aside, if any."""
+    if path is None or not path.exists():
+        return StreamPool(forecaster, **kwargs), None
+    try:
+        return StreamPool.restore(path, forecaster, **kwargs), None
+    except SnapshotError as err:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = path.with_name(f"{path.name}.set-aside-{stamp}")
+        os.replace(path, aside)
+        logger.error("%s; moved it to %s and started with no streams", err, aside.name)
+        return StreamPool(forecaster, **kwargs), aside
 
 
 def _read_snapshot(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -669,17 +776,18 @@ def _read_snapshot(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
             if not isinstance(header, dict) or header.get("format") != SNAPSHOT_FORMAT:
                 raise SnapshotError(f"{path} is not a StreamPool snapshot")
             version = header.get("format_version")
-            if version != SNAPSHOT_FORMAT_VERSION:
+            if version not in _READABLE_VERSIONS:
                 raise SnapshotError(
                     f"{path} is a StreamPool snapshot of format version {version}; this runtime "
-                    f"reads version {SNAPSHOT_FORMAT_VERSION}"
+                    f"reads versions {list(_READABLE_VERSIONS)}"
                 )
             arrays = {name: data[name] for name in names}
     except SnapshotError:
         raise
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise SnapshotError(f"cannot read the StreamPool snapshot {path}: {err}") from err
-    missing = {"bundle_manifest_sha256", "ids", "stats"} - set(header)
+    bound_to = "bundle_manifest_sha256" if header["format_version"] == 1 else "layout"
+    missing = {bound_to, "ids", "stats"} - set(header)
     if missing:
         raise SnapshotError(f"{path} is damaged: its header lacks {sorted(missing)}")
     return header, arrays

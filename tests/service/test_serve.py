@@ -25,6 +25,7 @@ from timesclip_export.service.api import (
     forecast_json,
     parse_json,
     parse_rows,
+    rejection_error,
     shard_for,
 )
 
@@ -100,6 +101,7 @@ def test_parse_rows_takes_columns_in_any_order_or_rows_in_input_order() -> None:
     np.testing.assert_array_equal(by_column["values"], expected)
     np.testing.assert_array_equal(by_row["values"], expected)
     assert by_column["timestamps"] == ["x", "y"] and by_row["timestamps"] is None
+    assert by_row["from"] is None and parse_rows({"values": [[1, 3]], "from": 7}, SPEC)["from"] == 7
 
 
 @pytest.mark.parametrize(
@@ -116,6 +118,10 @@ def test_parse_rows_takes_columns_in_any_order_or_rows_in_input_order() -> None:
         ({"values": [[1.0, 2.0]], "extra": 1}, "unknown_field"),
         ({"values": [[1.0, 2.0]], "timestamps": ["x", "y"]}, "timestamps"),
         ({"values": [[1.0, 2.0]], "timestamps": [5]}, "timestamps"),
+        ({"values": [[1.0, 2.0]], "from": -1}, "from"),
+        ({"values": [[1.0, 2.0]], "from": 2.0}, "from"),
+        ({"values": [[1.0, 2.0]], "from": True}, "from"),
+        ({"values": [[1.0, 2.0]], "from": 2**53}, "from"),
         ([1, 2], "shape"),
     ],
 )
@@ -123,6 +129,20 @@ def test_parse_rows_refuses_with_a_named_problem(body, code: str) -> None:
     with pytest.raises(ApiError) as err:
         parse_rows(body, SPEC)
     assert err.value.status == 422 and err.value.code == code, err.value.message
+
+
+def test_rejections_map_to_statuses_a_client_can_act_on() -> None:
+    """409 with the server's position (re-send from it), 503 while draining (retry), 422 for
+    the input itself."""
+    behind = rejection_error("position", "m", None, None, position=3, sent_from=5)
+    seen = rejection_error("position", "m", None, "2017-01-01T00:00:00", position=3, sent_from=1)
+    assert (behind.status, behind.code, behind.extra["position"]) == (409, "stream_behind", 3)
+    assert (seen.status, seen.code) == (409, "already_seen")
+    draining = rejection_error("draining", "m", None, None)
+    assert (draining.status, draining.code) == (503, "draining")
+    gap = rejection_error("gap", "m", 0, "2017-01-01T00:00:00", position=9)
+    assert (gap.status, gap.code, gap.extra["position"]) == (409, "stream_behind", 9)
+    assert rejection_error("gap", "m", 2, None).status == 422
 
 
 def test_forecast_json_gives_quantiles_and_parameters_of_the_likelihood() -> None:

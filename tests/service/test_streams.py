@@ -21,7 +21,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from timesclip_export.errors import BundleError, InputError, SnapshotError
 from timesclip_export.runtime.forecaster import RollingForecaster
-from timesclip_export.service.stream_pool import PoolUpdate, StreamPool
+from timesclip_export.service.stream_pool import (
+    PoolUpdate,
+    StreamPool,
+    manifest_digest,
+    open_pool,
+)
 
 from tests.conftest import ETTH1_COLUMNS, ROOT, TINY_ICL, TINY_OCL
 
@@ -106,6 +111,7 @@ def test_pool_forecasts_equal_one_rolling_forecaster_per_stream(
         last = times[start + seen[stream] - 1]
         assert pool.info(stream) == {
             "rows": seen[stream],
+            "position": seen[stream],
             "forecasts": len(got[stream]),
             "last_time": _iso(np.asarray([last]))[0],
         }
@@ -322,6 +328,7 @@ def test_max_streams_evicts_the_least_recently_updated(forecaster, rows) -> None
     assert "a" not in pool and pool.stats()["evictions"] == 2
     assert pool.info("a") is None and pool.info("b") == {
         "rows": 1,
+        "position": 1,
         "forecasts": 0,
         "last_time": None,
     }
@@ -361,7 +368,7 @@ def test_restored_pool_continues_every_stream_at_once(
     with np.load(path, allow_pickle=False) as data:  # plain arrays only, no pickle
         header = json.loads(data["header"].tobytes())
         assert all(data[name].dtype != object for name in data.files)
-    assert (header["format"], header["format_version"]) == ("timesclip-stream-pool", 1)
+    assert (header["format"], header["format_version"]) == ("timesclip-stream-pool", 2)
     assert [p.name for p in tmp_path.iterdir()] == ["pool.npz"]  # no temporary file left
     restored = StreamPool.restore(path, RollingForecaster(tiny_bundle, onnx_threads=1))
     assert restored.stats() | {"batch_size": 0} == pool.stats() | {"batch_size": 0}
@@ -390,7 +397,7 @@ def test_restore_refuses_another_bundle_and_damaged_files(
     manifest["time"] = {"index": "range", "freq": None, "step_ns": None, "step": 1}
     (other / "manifest.json").write_text(json.dumps(manifest))
     ranged = RollingForecaster(other, verify=False, onnx_threads=1)
-    with pytest.raises(SnapshotError, match="another bundle") as refused:
+    with pytest.raises(SnapshotError, match="another kind of bundle.*range time index") as refused:
         StreamPool.restore(path, ranged)
     assert isinstance(refused.value, BundleError | ValueError)
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
@@ -401,11 +408,23 @@ def test_restore_refuses_another_bundle_and_damaged_files(
     with np.load(path) as data:
         arrays = dict(data)
     header = json.loads(arrays["header"].tobytes())
-    header["format_version"] = 2
+    header["format_version"] = 3
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     np.savez(tmp_path / "future.npz", **arrays)
-    with pytest.raises(SnapshotError, match="format version 2"):
+    with pytest.raises(SnapshotError, match="format version 3"):
         StreamPool.restore(tmp_path / "future.npz", forecaster)
+    # Format 1 was bound to the manifest's sha256: it loads into that very bundle only.
+    old = {**header, "format_version": 1}
+    del old["layout"]
+    for digest, loads in ((manifest_digest(forecaster.manifest), True), ("0" * 64, False)):
+        old["bundle_manifest_sha256"] = digest
+        arrays["header"] = np.frombuffer(json.dumps(old).encode(), np.uint8)
+        np.savez(tmp_path / "v1.npz", **arrays)
+        if loads:
+            assert len(StreamPool.restore(tmp_path / "v1.npz", forecaster)) == 3
+        else:
+            with pytest.raises(SnapshotError, match="manifest sha256 000000000000"):
+                StreamPool.restore(tmp_path / "v1.npz", forecaster)
     # A range-index bundle's forecasts carry integer times and horizons.
     update = StreamPool(ranged).update({"r": {"values": values[:ICL], "timestamps": range(ICL)}})
     assert update.forecasts[0].time == ICL - 1
@@ -483,3 +502,88 @@ def test_a_kill_during_a_snapshot_leaves_the_previous_one(
         np.stack([f.values for f in got.forecasts]),
         np.stack([f.values for f in expected.forecasts]),
     )
+
+
+# ------------------------------------------------------------------------ positions
+def test_from_must_be_the_streams_position_for_timed_and_untimed_streams(
+    forecaster, rows, tmp_path: Path
+) -> None:
+    """A client that sends ``from`` (the rows it believes the pool holds) learns of rows the
+    pool lost, timed or not, instead of a window with a hole or a silent fresh start."""
+    values, times = rows
+    pool = StreamPool(forecaster)
+    first = pool.update(
+        {
+            "untimed": {"values": values[:ICL], "from": 0},
+            "timed": {"values": values[:5], "timestamps": times[:5], "from": 0},
+        }
+    )
+    assert first.positions == {"untimed": ICL, "timed": 5} and not first.rejected
+    path = tmp_path / "pool.npz"
+    pool.snapshot(path)  # the server's last snapshot, before the rows below
+    more = pool.update({"untimed": {"values": values[ICL : ICL + 2], "from": ICL}})
+    assert more.positions == {"untimed": ICL + 2} and len(more.forecasts) == 2
+    restarted = StreamPool.restore(path, forecaster)  # those two rows are gone
+    next_row = {"values": values[ICL + 2 : ICL + 3], "from": ICL + 2}
+    late = restarted.update({"untimed": next_row, "new": {"values": values[:1], "from": 7}})
+    assert {r.stream: (r.reason, r.position) for r in late.rejected} == {
+        "untimed": ("position", ICL),  # not a forecast over a window with a hole
+        "new": ("position", 0),  # not a silent fresh start
+    }
+    assert "send the rows from position" in late.rejected[0].message
+    assert restarted.info("untimed")["rows"] == ICL and "new" not in restarted
+    again = restarted.update({"untimed": {"values": values[ICL : ICL + 3], "from": ICL}})
+    assert np.array_equal(
+        np.stack([f.values for f in again.forecasts])[:2],
+        np.stack([f.values for f in more.forecasts]),
+    )
+    repeat = restarted.update({"untimed": {"values": values[ICL : ICL + 1], "from": ICL}})
+    assert (repeat.rejected[0].reason, repeat.rejected[0].position) == ("position", ICL + 3)
+    assert "accepted already" in repeat.rejected[0].message
+    for bad in (-1, 1.5, True, "3"):
+        refused = pool.update({"timed": {"values": values[5:6], "from": bad}}).rejected[0]
+        assert refused.reason == "format" and "'from'" in refused.message
+    assert pool.position("timed") == 5 and pool.position("never") == 0
+
+
+def test_a_snapshot_loads_into_a_retrained_bundle_and_keeps_the_streams_warm(
+    forecaster, tiny_bundle: Path, rows, tmp_path: Path
+) -> None:
+    """The stored state is raw rows: a bundle with other weights but the same inputs, input
+    length and time index continues every stream at once (forecasting with its own model)."""
+    values, times = rows
+    pool = _mixed_pool(forecaster, values, times)
+    path = tmp_path / "pool.npz"
+    pool.snapshot(path)
+    retrained = Path(shutil.copytree(tiny_bundle, tmp_path / "retrained"))
+    manifest = json.loads((retrained / "manifest.json").read_text())
+    manifest["scaler"] = None  # another model's outputs, the same kind of rows
+    (retrained / "manifest.json").write_text(json.dumps(manifest))
+    other = RollingForecaster(retrained, verify=False, onnx_threads=1)
+    assert manifest_digest(other.manifest) != manifest_digest(forecaster.manifest)
+    restored = StreamPool.restore(path, other)
+    assert {s: restored.info(s) for s in ("timed", "untimed", "filling")} == {
+        s: pool.info(s) for s in ("timed", "untimed", "filling")
+    }
+    update = restored.update(_next_rows(values, times))
+    assert not update.rejected and len(update.forecasts) == 5  # warm: no refill
+    timed = _next_rows(values, times)["timed"]
+    window = np.concatenate([values[ICL + 5 - ICL : ICL + 3], timed["values"]])[-ICL:]
+    assert np.array_equal(update.forecasts[1].values, other.forecast(window))
+
+
+def test_a_snapshot_that_cannot_be_restored_is_set_aside_and_the_pool_starts_empty(
+    forecaster, rows, tmp_path: Path
+) -> None:
+    values, times = rows
+    path = tmp_path / "shard-0-of-1.snapshot"
+    pool, aside = open_pool(path, forecaster)  # none yet: empty, nothing set aside
+    assert len(pool) == 0 and aside is None
+    _mixed_pool(forecaster, values, times).snapshot(path)
+    pool, aside = open_pool(path, forecaster, max_streams=10)
+    assert len(pool) == 3 and aside is None and pool.max_streams == 10
+    path.write_bytes(path.read_bytes()[:100])  # damaged
+    pool, aside = open_pool(path, forecaster)
+    assert len(pool) == 0 and not path.exists()
+    assert aside is not None and aside.name.startswith(f"{path.name}.set-aside-")
+    assert aside.read_bytes()[:4] == b"PK\x03\x04"  # kept for a look, never deleted
