@@ -35,12 +35,13 @@ process (``timesclip_export.service.server.start``: a local Ray, Serve's HTTP pr
   (``RollingForecaster.update`` with one row per call, each stream's state swapped in: one
   forecaster per stream would hold the same model many times; the call is the same) and the
   ceiling, ``StreamPool.update`` with a row of every stream per call (no HTTP, no Ray);
-- fault run (tiny preset; with ``--smoke`` on the same server): two shards with snapshots every
-  ``--snapshot-every`` seconds, a paced stream load, the replica of shard 0 killed with
-  ``ray.kill`` a third of the way in. Clients
-  retry 503s and, on ``409 stream_behind``, re-send from the ``last_time`` the server names;
-  the run counts forecasts lost (rows that never got one) and duplicated (rows that got more
-  than one: those re-sent after the restore, identical values).
+- fault run (tiny preset): ``timesclip-darts serve`` in a process of its own, two shards with
+  snapshots every ``--snapshot-every`` seconds, a paced load of timed and untimed streams;
+  shard 0's process killed with SIGKILL a third of the way in, the whole service stopped with
+  SIGTERM and started again two thirds in. Clients run the documented loop (``"from"`` on
+  every request; on a 409, re-send from the ``position`` the server names; retry 503s and
+  refused connections); the run counts forecasts lost (rows that never got one) and
+  duplicated (rows re-sent after a restore: identical values), per kind of stream.
 
 Only loopback addresses are used. Writes ``benchmarks/results/serve.json`` (``--out``) and
 prints a table.
@@ -53,6 +54,8 @@ import http.client
 import json
 import os
 import platform
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -596,14 +599,12 @@ def run_preset(
     data,
     preset: str,
     folder: Path,
-    fault: bool,
     steady: bool = False,
     stress: bool = False,
 ) -> dict:
     """Start a server for ``bundle``, run the stream levels, the one-at-a-time path and the
     in-process ceiling; with ``steady``, an RSS trace under a long bulk load; with ``stress``,
-    small clients beside a big one; with ``fault``, the fault run on the same server (two
-    shards)."""
+    small clients beside a big one."""
     from timesclip_export.runtime.forecaster import RollingForecaster
     from timesclip_export.service import server
 
@@ -613,11 +614,9 @@ def run_preset(
     config = server.ServeConfig(
         bundle=str(bundle),
         port=port,
-        shards=2 if fault else 1,
+        shards=1,
         batch_size=args.batch_size,
         device="cpu",
-        snapshot_dir=str(folder / f"snapshots_{preset}") if fault else None,
-        snapshot_every=args.snapshot_every,
         **limits,
     )
     started = time.perf_counter()
@@ -660,8 +659,6 @@ def run_preset(
         if stress:
             result["stress"] = stress_phase(args, port, data, forecaster, config.shards, preset)
             print(_stress_lines(result["stress"]), flush=True)
-        if fault:
-            result["fault"] = fault_phase(args, port, data, icl)
     finally:
         client.close()
         server.stop(config)
@@ -678,41 +675,96 @@ def run_preset(
     return result
 
 
-def fault_run(args: argparse.Namespace, bundle: Path, data, folder: Path) -> dict:
-    """A two-shard server with snapshots, for the fault phase alone."""
-    from timesclip_export.service import server
+class Service:
+    """``timesclip-darts serve`` as an operator runs it: its own process (group), stopped with
+    SIGTERM, started again on the same ``--snapshot-dir``."""
 
-    port = args.port or free_port()
-    config = server.ServeConfig(
-        bundle=str(bundle),
-        port=port,
-        shards=2,
-        batch_size=args.batch_size,
-        snapshot_dir=str(folder / "snapshots_fault"),
-        snapshot_every=args.snapshot_every,
+    def __init__(self, bundle: Path, port: int, snapshots: Path, every: float, log: Path) -> None:
+        self.command = [
+            sys.executable,
+            "-m",
+            "timesclip_cli.main",
+            "serve",
+            str(bundle),
+            "--port",
+            str(port),
+            "--shards",
+            "2",
+            "--snapshot-dir",
+            str(snapshots),
+            "--snapshot-every",
+            str(every),
+        ]
+        self.port, self.log_path = port, log
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 300) -> float:
+        """Start and wait until it answers; the seconds that took."""
+        began = time.perf_counter()
+        with open(self.log_path, "a") as log:
+            self.process = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        client = Client(self.port, timeout=5)
+        while time.perf_counter() - began < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve exited {self.process.returncode}: {self.log_path}")
+            try:
+                if client.request("GET", "/v1/model")[0] == 200:
+                    client.close()
+                    return time.perf_counter() - began
+            except (OSError, http.client.HTTPException):
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"serve not up after {timeout} s: {self.log_path}")
+
+    def stop(self, timeout: float = 300) -> int | None:
+        """SIGTERM (drain, snapshots, stop); SIGKILL to the group only past ``timeout``."""
+        process, self.process = self.process, None
+        if process is None:
+            return None
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+            return None
+
+
+def fault_run(args: argparse.Namespace, bundle: Path, data, folder: Path) -> dict:
+    """The fault run on a two-shard service of its own (:class:`Service`)."""
+    port = free_port()
+    service = Service(
+        bundle, port, folder / "snapshots_fault", args.snapshot_every, folder / "fault.log"
     )
-    server.start(config, quiet=True)
+    service.start()
     try:
         client = Client(port)
         icl = client.request("GET", "/v1/model")[1]["input_chunk_length"]
         client.close()
-        return fault_phase(args, port, data, icl)
+        result = fault_phase(args, service, data, icl)
     finally:
-        server.stop(config)
+        service.stop()
+    result["server_log_tail"] = service.log_path.read_text(errors="replace").splitlines()[-5:]
+    return result
 
 
-def fault_phase(args: argparse.Namespace, port: int, data, icl: int) -> dict:
-    """Paced load on a two-shard server; shard 0's replica is killed (``ray.kill``) a third of
-    the way in. Clients retry 503s and re-send from the ``last_time`` of a 409."""
-    import ray
-    from timesclip_export.service.api import shard_for
-
+def fault_phase(args: argparse.Namespace, service: Service, data, icl: int) -> dict:
+    """Paced rows to timed and untimed streams (half each); a third of the way in shard 0's
+    process is killed (SIGKILL: it restarts from its last snapshot, the rows after it are
+    lost), two thirds in the whole service gets SIGTERM and is started again. Every client
+    runs the documented loop: each request says where its rows start (``"from"``); a 200
+    says the stream's new ``position``, a 409 the server's position, from which it re-sends;
+    503s and refused connections are retried after a pause. A forecast is keyed by the row
+    it follows, so lost (rows that never got one) and duplicated ones (rows re-sent after a
+    restore) are counted for untimed streams too."""
     stamps, values, columns = data
     n, ticks = args.fault_streams, args.fault_ticks
     streams = Streams.make(n, "fault", len(values), icl + ticks + 1, seed=7)
-    prime(port, streams, data, icl - 1, args.bulk)
-    received: dict[str, list[dict]] = {name: [] for name in streams.names}
-    log: dict = {"503": 0, "409_behind": 0, "409_seen": 0, "other": []}
+    timed = [i % 2 == 0 for i in range(n)]
+    received: dict[str, dict[int, list]] = {name: {} for name in streams.names}
+    log: dict = {"503": 0, "refused": 0, "409_behind": 0, "409_seen": 0, "ahead": 0, "other": []}
     lock = threading.Lock()
     workers = min(args.clients, n)
     tick_done = [0] * workers
@@ -720,35 +772,38 @@ def fault_phase(args: argparse.Namespace, port: int, data, icl: int) -> dict:
     def send(c: Client, i: int, upto: int) -> None:
         """Send stream ``i`` its rows up to ``upto`` (exclusive), retrying as a client would."""
         name, o = streams.names[i], int(streams.offsets[i])
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while streams.sent[i] < upto and time.monotonic() < deadline:
             k = int(streams.sent[i])
-            body = rows_body(stamps, values, columns, o + k, o + upto)
+            body = {**rows_body(stamps, values, columns, o + k, o + upto), "from": k}
+            if not timed[i]:
+                del body["timestamps"]
             try:
                 status, out = c.request("POST", f"/v1/streams/{name}/rows", body)
-            except OSError as err:
-                status, out = 599, {"error": {"code": "connection", "message": str(err)}}
+            except (OSError, http.client.HTTPException):
+                status, out = 0, {}
             with lock:
                 if status == 200:
-                    received[name].extend(out["forecasts"])
-                    streams.sent[i] = upto
-                elif status in (503, 599):
-                    log["503"] += 1
-                elif status == 409:
-                    error = out["error"]
-                    log["409_behind" if error["code"] == "stream_behind" else "409_seen"] += 1
-                    last = error.get("last_time")
-                    window = stamps[o : o + upto]
-                    # Resume after the row the server acknowledged last.
-                    streams.sent[i] = window.index(last) + 1 if last in window else k
+                    position = out["position"]
+                    first = position - len(out["forecasts"])  # the row each one follows
+                    for r, forecast in enumerate(out["forecasts"], start=first):
+                        received[name].setdefault(r, []).append(forecast["values"])
+                    streams.sent[i] = position
+                elif status == 409 and "position" in out.get("error", {}):
+                    position = out["error"]["position"]
+                    log["409_behind" if position < k else "409_seen"] += 1
+                    log["ahead"] += position > k  # rows landed without an answer
+                    streams.sent[i] = position
+                elif status in (0, 503):
+                    log["503" if status else "refused"] += 1
                 else:
                     log["other"].append(f"{status} {str(out)[:200]}")
                     return
-            if status in (503, 599):
+            if status in (0, 503):
                 time.sleep(0.25)
 
     def worker(w: int, mine: list[int]) -> None:
-        c = Client(port)
+        c = Client(service.port, timeout=60)
         try:
             for tick in range(ticks):
                 begin = time.monotonic()
@@ -763,50 +818,56 @@ def fault_phase(args: argparse.Namespace, port: int, data, icl: int) -> dict:
     threads = [
         threading.Thread(target=worker, args=(w, g), daemon=True) for w, g in enumerate(groups)
     ]
-    killed_at = None
+    events: dict = {}
     start = time.perf_counter()
     for thread in threads:
         thread.start()
     while any(t.is_alive() for t in threads):
-        if killed_at is None and min(tick_done) >= ticks // 3:
+        if "shard0_killed_at_s" not in events and min(tick_done) >= ticks // 3:
             time.sleep(args.snapshot_every * 0.6)  # rows after the last snapshot, to be lost
-            for actor in ray.util.list_named_actors(all_namespaces=True):
-                if actor["name"].startswith("SERVE_REPLICA") and "#Shard0#" in actor["name"]:
-                    ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
-                    killed_at = time.perf_counter() - start
+            client = Client(service.port)
+            shard0 = next(
+                s for s in client.request("GET", "/v1/stats")[1]["shards"] if s["shard"] == 0
+            )
+            client.close()
+            os.kill(shard0["pid"], signal.SIGKILL)
+            events["shard0_killed_at_s"] = round(time.perf_counter() - start, 2)
+        elif "sigterm_at_s" not in events and min(tick_done) >= 2 * ticks // 3:
+            events["sigterm_at_s"] = round(time.perf_counter() - start, 2)
+            events["sigterm_exit_code"] = service.stop()
+            events["restart_s"] = round(service.start(), 1)
         time.sleep(0.05)
     seconds = time.perf_counter() - start
-    client = Client(port)
+    client = Client(service.port)
     stats = client.request("GET", "/v1/stats")[1]
     client.close()
-    lost = duplicated = differing = 0
+    counts = {kind: {"lost": 0, "duplicated": 0, "differing": 0} for kind in ("timed", "untimed")}
     for i, name in enumerate(streams.names):
-        o = int(streams.offsets[i])
-        by_time: dict[str, list] = {}
-        for forecast in received[name]:
-            by_time.setdefault(forecast["time"], []).append(forecast["values"])
+        kind = counts["timed" if timed[i] else "untimed"]
         for row in range(icl - 1, icl - 1 + ticks):
-            got = by_time.get(stamps[o + row], [])
-            lost += not got
-            duplicated += max(0, len(got) - 1)
-            differing += any(g != got[0] for g in got[1:])
-    shard0 = next(s for s in stats["shards"] if s["shard"] == 0)
+            got = received[name].get(row, [])
+            kind["lost"] += not got
+            kind["duplicated"] += max(0, len(got) - 1)
+            kind["differing"] += any(g != got[0] for g in got[1:])
     return {
         "streams": n,
+        "timed_streams": sum(timed),
         "ticks": ticks,
         "tick_s": args.fault_tick_s,
         "shards": 2,
         "snapshot_every_s": args.snapshot_every,
-        "killed_at_s": None if killed_at is None else round(killed_at, 2),
-        "shard0_restored_from_snapshot": shard0.get("restored_from") is not None,
-        "streams_on_shard0": sum(shard_for(name, 2) == 0 for name in streams.names),
+        **events,
+        "restored_after_sigterm": [s.get("restored_from") is not None for s in stats["shards"]],
         "expected_forecasts": n * ticks,
-        "lost_forecasts": lost,
-        "duplicated_forecasts": duplicated,
-        "duplicates_differing": differing,
+        "lost_forecasts": sum(k["lost"] for k in counts.values()),
+        "duplicated_forecasts": sum(k["duplicated"] for k in counts.values()),
+        "duplicates_differing": sum(k["differing"] for k in counts.values()),
+        "by_kind": counts,
         "retries_503": log["503"],
+        "retries_refused_connection": log["refused"],
         "conflicts_409_stream_behind": log["409_behind"],
         "conflicts_409_already_seen": log["409_seen"],
+        "rows_landed_unanswered": log["ahead"],
         "other_errors": len(log["other"]),
         "error_sample": log["other"][:3],
         "seconds": round(seconds, 1),
@@ -895,14 +956,20 @@ def print_table(result: dict) -> None:
         print(f"\n{_stress_lines(result['stress'])}")
     fault = result.get("fault")
     if fault:
+        kinds = ", ".join(
+            f"{kind}: lost {c['lost']}, duplicated {c['duplicated']} (differing {c['differing']})"
+            for kind, c in fault["by_kind"].items()
+        )
         print(
-            f"\nfault: shard 0 killed at {fault['killed_at_s']} s, restored from snapshot: "
-            f"{fault['shard0_restored_from_snapshot']}; {fault['expected_forecasts']} forecasts "
-            f"expected, lost {fault['lost_forecasts']}, duplicated "
-            f"{fault['duplicated_forecasts']} (differing {fault['duplicates_differing']}); 503 "
-            f"retries {fault['retries_503']}, 409 behind {fault['conflicts_409_stream_behind']}, "
-            f"409 already seen {fault['conflicts_409_already_seen']}, other errors "
-            f"{fault['other_errors']}"
+            f"\nfault: shard 0 killed (SIGKILL) at {fault.get('shard0_killed_at_s')} s, the "
+            f"service stopped (SIGTERM, exit {fault.get('sigterm_exit_code')}) at "
+            f"{fault.get('sigterm_at_s')} s and up again in {fault.get('restart_s')} s; "
+            f"{fault['expected_forecasts']} forecasts expected, lost {fault['lost_forecasts']}, "
+            f"duplicated {fault['duplicated_forecasts']} (differing "
+            f"{fault['duplicates_differing']}); {kinds}; retries: 503 {fault['retries_503']}, "
+            f"refused connection {fault['retries_refused_connection']}; 409 behind "
+            f"{fault['conflicts_409_stream_behind']}, already seen "
+            f"{fault['conflicts_409_already_seen']}; other errors {fault['other_errors']}"
         )
 
 
@@ -937,8 +1004,6 @@ def main(argv: list[str] | None = None) -> int:
         "presets": [],
     }
     print(HEADER)
-    # --smoke: one server (two shards, snapshots) for the levels and the fault phase.
-    shared_fault = args.smoke and not args.no_fault
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as scratch:
         folder = Path(scratch)
         bundles = {}
@@ -946,18 +1011,13 @@ def main(argv: list[str] | None = None) -> int:
             bundles[preset] = (
                 Path(args.bundle) if args.bundle else make_bundle(args, preset, folder)
             )
-            fault_here = shared_fault and preset == presets[0]
             steady = preset == presets[0] and args.steady_ticks > 0
             stress = preset == presets[0] and not args.no_stress
-            run = run_preset(
-                args, bundles[preset], data, preset, folder, fault_here, steady, stress
-            )
-            if fault_here:
-                result["fault"] = run.pop("fault")
+            run = run_preset(args, bundles[preset], data, preset, folder, steady, stress)
             if stress:
                 result["stress"] = run.pop("stress")
             result["presets"].append(run)
-        if not args.no_fault and not shared_fault:
+        if not args.no_fault:
             result["fault"] = fault_run(args, bundles[presets[0]], data, folder)
     result["seconds"] = round(time.perf_counter() - started, 1)
     print_table(result)

@@ -143,6 +143,9 @@ def _check_port_free(host: str, port: int) -> None:
     import socket
 
     with socket.socket() as sock:
+        # As Serve's proxy binds: a port whose last connections are in TIME_WAIT (a restart
+        # right after a busy stop) is free to listen on.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as err:
@@ -231,18 +234,20 @@ def run_server(config: ServeConfig) -> int:
         if stopping.is_set():
             raise _Interrupted(signal.SIGTERM)
         interruptible.set()
+        print("Ray is up; deploying (each shard loads the model)", flush=True)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         start(config, on_ray_up=on_ray_up)
-    except (_Interrupted, SystemExit):  # SystemExit: Ray's SIGTERM handler, while Ray starts
+    except BaseException as err:
         _restore(previous)
+        # A signal: ours (_Interrupted, which Ray's compiled code may re-raise as another
+        # error) or Ray's own SIGTERM handler while Ray starts (SystemExit).
+        if not (stopping.is_set() or isinstance(err, SystemExit)):
+            raise
         _teardown(config)  # a no-op unless the signal came just after start() returned
         print("stopped during start-up", file=sys.stderr, flush=True)
         return 0
-    except BaseException:
-        _restore(previous)
-        raise
     interruptible.clear()
     if stopping.is_set():  # a signal between the deployment and here
         _restore(previous)

@@ -31,7 +31,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _descendants(pid: int) -> dict[int, str]:
+def descendants(pid: int) -> dict[int, str]:
     """Every process below ``pid`` with its start time (from /proc; empty where there is none),
     so that only those very processes are killed later, never a reused pid."""
     children: dict[int, list[tuple[int, str]]] = {}
@@ -49,6 +49,15 @@ def _descendants(pid: int) -> dict[int, str]:
                 found[child] = started
                 todo.append(child)
     return found
+
+
+def alive(pid: int, started: str) -> bool:
+    """Whether ``pid`` is still the process that started at ``started`` (and not a zombie)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[19] == started and fields[0] != "Z"
 
 
 def _kill_if_same(pid: int, started: str) -> None:
@@ -70,6 +79,15 @@ class Server:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
+        self.launch()
+        try:
+            self._wait_until_up()
+        except BaseException:
+            self.stop(timeout=10)
+            raise
+
+    def launch(self) -> None:
+        """Start the command and return at once (:meth:`start` also waits until it serves)."""
         command = [
             sys.executable,
             "-m",
@@ -104,11 +122,6 @@ class Server:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        try:
-            self._wait_until_up()
-        except BaseException:
-            self.stop(timeout=10)
-            raise
 
     def _wait_until_up(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -130,14 +143,14 @@ class Server:
         if self.process is None:
             return None
         process, self.process = self.process, None
-        tree = _descendants(process.pid)
+        tree = descendants(process.pid)
         try:
             process.send_signal(signal.SIGTERM)
             code = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             code = None
         finally:
-            for pid, started in {**tree, **_descendants(process.pid)}.items():
+            for pid, started in {**tree, **descendants(process.pid)}.items():
                 _kill_if_same(pid, started)
             try:
                 os.killpg(process.pid, signal.SIGKILL)
