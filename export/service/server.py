@@ -35,6 +35,7 @@ from timesclip_export.service.config import (
     read_manifest,
 )
 from timesclip_export.service.ingress import Ingress
+from timesclip_export.service.ray_auth import check_ray_auth
 from timesclip_export.service.shard import Shard
 
 __all__ = ["ServeConfig", "build_app", "run_server", "snapshot_all", "start", "stop"]
@@ -100,6 +101,11 @@ def start(config: ServeConfig, quiet: bool = False) -> None:
             _metrics_export_port=config.metrics_port,
             **init,
         )
+    try:
+        check_ray_auth(ray.get_runtime_context().gcs_address, config.allow_open_cluster)
+    except BaseException:
+        ray.shutdown()
+        raise
     try:
         # Serve's own timeout backs up the ingress's (a JSON 504) should a handler hang.
         serve.start(
@@ -174,7 +180,7 @@ def run_server(config: ServeConfig) -> int:
         print(
             f"serving {config.bundle} at {where} (shards: {config.shards}, replicas: "
             f"{config.replicas}, device: {config.device}, auth: "
-            f"{'bearer token' if config.token else 'none'}, snapshots: "
+            f"{'bearer token' if config.token_sha256 else 'none'}, snapshots: "
             f"{config.snapshot_dir or 'none'}); Ctrl-C stops",
             flush=True,
         )
