@@ -243,7 +243,8 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--address",
         default=None,
-        help="Ray cluster to join ('auto' or HEAD:6379; default: start a local Ray)",
+        help="Ray cluster to join ('auto' or HEAD:6379; default: start a local Ray); give this "
+        "command the cluster's RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH",
     )
     serve.add_argument(
         "--token-file",
