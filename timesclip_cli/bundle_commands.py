@@ -9,7 +9,10 @@ import os
 import sys
 from pathlib import Path
 
+from timesclip_cli.errors import UsageError
 from timesclip_cli.mlflow_logging import check_mlflow_arguments, log_bundle_to_mlflow
+
+TOKEN_ENV = "TIMESCLIP_SERVE_TOKEN"
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -240,12 +243,24 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--address",
         default=None,
-        help="Ray cluster to join ('auto' or HEAD:6379; default: start a local Ray)",
+        help="Ray cluster to join ('auto' or HEAD:6379; default: start a local Ray); give this "
+        "command the cluster's RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH",
     )
     serve.add_argument(
-        "--token",
-        default=os.environ.get("TIMESCLIP_SERVE_TOKEN"),
-        help="require 'Authorization: Bearer TOKEN' (default: $TIMESCLIP_SERVE_TOKEN; none)",
+        "--token-file",
+        default=None,
+        metavar="PATH",
+        help="require 'Authorization: Bearer TOKEN', TOKEN being this file's first line; the "
+        "file must be readable by its owner only (or give TOKEN in $TIMESCLIP_SERVE_TOKEN; "
+        "default: no token)",
+    )
+    # Refused, never used: a token in argv is visible to every local user (ps).
+    serve.add_argument("--token", default=None, help=argparse.SUPPRESS)
+    serve.add_argument(
+        "--allow-open-cluster",
+        action="store_true",
+        help="serve even on a Ray that answers calls without Ray's own token "
+        "(RAY_AUTH_MODE=token not set where its nodes started); refused by default",
     )
     serve.add_argument(
         "--max-request-bytes", type=int, default=8 << 20, help="larger bodies get 413 (8 MiB)"
@@ -316,6 +331,7 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    token = serve_token(args.token, args.token_file, os.environ.get(TOKEN_ENV))
     try:
         import fastapi  # noqa: F401
         import orjson  # noqa: F401
@@ -333,7 +349,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shards=args.shards,
         num_gpus=args.num_gpus,
         address=args.address,
-        token=args.token or None,
+        token=token,
+        allow_open_cluster=args.allow_open_cluster,
         max_request_bytes=args.max_request_bytes,
         max_streams=args.max_streams,
         snapshot_dir=args.snapshot_dir,
@@ -351,6 +368,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
     )
     return run_server(config)
+
+
+def serve_token(argv_token: str | None, path: str | None, env_token: str | None) -> str | None:
+    """The bearer token of ``serve``: from ``$TIMESCLIP_SERVE_TOKEN`` or ``--token-file``, never
+    from argv (``--token``), where every local user sees it (``ps``)."""
+    if argv_token is not None:
+        raise UsageError(
+            f"--token is refused: argv is visible to every local user; give the token in "
+            f"${TOKEN_ENV} or in a file readable by you only (--token-file PATH)"
+        )
+    env_token = env_token or None
+    if path is None:
+        return env_token
+    if env_token is not None:
+        raise UsageError(f"give the token once: ${TOKEN_ENV} or --token-file, not both")
+    return read_token_file(path)
+
+
+def read_token_file(path: str) -> str:
+    """The first line of ``path``, stripped; refused when empty, unreadable, or readable by the
+    file's group or by others."""
+    try:
+        mode = os.stat(path).st_mode
+        with open(path, encoding="utf-8") as file:
+            token = file.readline().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"--token-file {path}: {getattr(err, 'strerror', None) or err}") from err
+    if mode & 0o077:
+        raise ValueError(
+            f"--token-file {path} is open to its group or others (mode {mode & 0o777:o}): "
+            f"chmod 600 {path}"
+        )
+    if not token:
+        raise ValueError(f"--token-file {path}: the first line is empty")
+    return token
 
 
 def _add_vision_argument(parser: argparse.ArgumentParser) -> None:

@@ -4,8 +4,9 @@ the launcher (:mod:`timesclip_export.service.server`) all read them from here.""
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 
 from timesclip_darts.atomic_files import write_text_atomic
@@ -32,7 +33,11 @@ class ServeConfig:
     shards: int = 1
     num_gpus: float = 0.0
     address: str | None = None
-    token: str | None = None
+    # The bearer token is given as ``token`` and kept only as its digest: the config is sent to
+    # every replica (and kept in Ray's control store), so the plaintext never leaves this process.
+    token: InitVar[str | None] = None
+    token_sha256: str | None = None
+    allow_open_cluster: bool = False
     max_request_bytes: int = 8 << 20
     max_streams: int | None = None
     snapshot_dir: str | None = None
@@ -48,6 +53,12 @@ class ServeConfig:
     metrics_port: int | None = None
     trusted_key: str | None = None
     access_log: bool = False
+
+    def __post_init__(self, token: str | None) -> None:
+        if token is not None:
+            if not token.strip():
+                raise ValueError("the bearer token is empty")
+            self.token_sha256 = token_digest(token)
 
     def limits(self) -> dict:
         """The bounds of the work one request may ask for (``GET /v1/model``)."""
@@ -84,6 +95,11 @@ class ServeConfig:
             raise ValueError("--snapshot-every must be positive (seconds)")
         if self.batch_wait_ms < 0:
             raise ValueError("--batch-wait-ms must be 0 or more")
+
+
+def token_digest(token: str) -> str:
+    """The hex SHA-256 of a bearer token: what the ingress compares a presented token's with."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def snapshot_path(config: ServeConfig, index: int) -> Path | None:

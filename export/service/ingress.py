@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import hmac
 import inspect
 import itertools
@@ -268,7 +269,8 @@ class Ingress:
         self.model = self.spec.describe()
         self._round_robin = itertools.count()
         self.shards = list(shards)
-        self._token = self.config.token.encode() if self.config.token else None
+        digest = self.config.token_sha256
+        self._token_sha256 = bytes.fromhex(digest) if digest else None
         self._inflight = 0  # body bytes being read or parsed
         self._inflight_limit = _INFLIGHT_BODIES * self.config.max_request_bytes
         self._latency = metrics.Histogram(
@@ -528,11 +530,14 @@ class Ingress:
             )
 
     def _authorize(self, request: Request) -> None:
-        if self._token is None:
+        """The request's bearer token, by its SHA-256 (the replica holds only the digest),
+        compared in constant time."""
+        if self._token_sha256 is None:
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self._token):
+        presented = hashlib.sha256(token.encode()).digest()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented, self._token_sha256):
             raise ApiError(
                 401,
                 "unauthorized",

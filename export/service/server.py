@@ -41,6 +41,7 @@ from timesclip_export.service.config import (
     read_manifest,
 )
 from timesclip_export.service.ingress import Ingress
+from timesclip_export.service.ray_auth import check_ray_auth
 from timesclip_export.service.shard import SHUTDOWN_TIMEOUT_S, Shard
 
 __all__ = ["ServeConfig", "build_app", "drain_all", "run_server", "snapshot_all", "start", "stop"]
@@ -119,6 +120,7 @@ def start(
             )
         if on_ray_up is not None:
             on_ray_up()
+        check_ray_auth(ray.get_runtime_context().gcs_address, config.allow_open_cluster)
         # Serve's own timeout backs up the ingress's (a JSON 504) should a handler hang.
         serve.start(
             http_options={
@@ -186,18 +188,17 @@ def stop(config: ServeConfig) -> None:
 
 def _teardown(config: ServeConfig) -> None:
     """Remove the application: on a cluster only ours (other Serve apps stay), on the local Ray
-    this process started, Serve and Ray themselves (Ray after at most ``_TEARDOWN_TIMEOUT_S``
-    of Serve's shutdown, so that a broken Serve never keeps the command from ending)."""
+    this process started, Serve and Ray themselves; Ray is left after at most
+    ``_TEARDOWN_TIMEOUT_S`` of that, so that a broken Serve never keeps the command from
+    ending (nor hides the error that stopped it)."""
     import ray
 
     if not ray.is_initialized():
         return
-    if config.address:
-        serve.delete(APP_NAME)
-    else:
-        done = threading.Thread(target=_quietly(serve.shutdown), daemon=True)
-        done.start()
-        done.join(_TEARDOWN_TIMEOUT_S)
+    remove = (lambda: serve.delete(APP_NAME)) if config.address else serve.shutdown
+    done = threading.Thread(target=_quietly(remove), daemon=True)
+    done.start()
+    done.join(_TEARDOWN_TIMEOUT_S)
     ray.shutdown()
 
 
@@ -259,7 +260,7 @@ def run_server(config: ServeConfig) -> int:
         print(
             f"serving {config.bundle} at {where} (shards: {config.shards}, replicas: "
             f"{config.replicas}, device: {config.device}, auth: "
-            f"{'bearer token' if config.token else 'none'}, snapshots: "
+            f"{'bearer token' if config.token_sha256 else 'none'}, snapshots: "
             f"{config.snapshot_dir or 'none'}); Ctrl-C stops",
             flush=True,
         )
