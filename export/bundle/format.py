@@ -321,6 +321,8 @@ def _check_archive(name: str, archive: zipfile.ZipFile) -> None:
         config = archive.read(inner[config_name])
         payloads |= {folder + p for p in _check_payload_config(name, config, config_name, prefix)}
     for entry in inner:
+        if entry.startswith("data/aotinductor/"):
+            raise BundleError(f"{name} holds an AOTInductor package ({root}{entry}); refusing")
         if entry not in _FIXED_ENTRIES and entry not in _PAYLOADS and entry not in payloads:
             raise BundleError(
                 f"{name} holds {root}{entry}, which a plain exported program does not; "
