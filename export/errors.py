@@ -20,7 +20,8 @@ class BundleVersionError(BundleError):
 
 class BundleSignatureError(BundleError):
     """A trusted key was given and the bundle is unsigned, signed by another key, or changed
-    after signing (or the key itself cannot be read)."""
+    after signing (or the key itself cannot be read, or checksums were turned off, so the
+    signature would cover nothing but the manifest)."""
 
 
 class InputError(ValueError):

@@ -13,7 +13,12 @@ How it works:
 - ``RollingForecaster(bundle, trusted_key=PUBLIC)`` / ``timesclip-darts stream --trusted-key
   PUBLIC`` refuse a bundle without ``manifest.sig`` or whose signature does not verify with that
   key (:class:`~timesclip_export.errors.BundleSignatureError`), before anything in it is parsed
-  or loaded. Without a trusted key, a signature is neither needed nor checked.
+  or loaded. ``manifest.json`` and ``manifest.sig`` are each read once and the bytes verified
+  are the bytes parsed; every file loaded is read once, its bytes' sha256 checked against the
+  signed manifest and loaded from those bytes, so a file swapped after the check is never
+  loaded. ``verify=False`` with a trusted key is refused: without the checksums the signature
+  covers nothing but the manifest. Without a trusted key, a signature is neither needed nor
+  checked.
 
 The signature can also be checked without this package: ``openssl pkeyutl -verify -pubin -inkey
 PUBLIC -rawin -in manifest.json -sigfile manifest.sig``.
@@ -121,20 +126,25 @@ def sign_manifest(folder: Path, private_key: Any, manifest_name: str = "manifest
     (folder / SIGNATURE).write_bytes(private_key.sign(data))
 
 
-def verify_manifest(manifest_bytes: bytes, bundle: Path, trusted_key: str | Path | bytes) -> None:
-    """Raise :class:`BundleSignatureError` unless ``bundle``'s ``manifest.sig`` is a valid
-    signature of ``manifest_bytes`` by ``trusted_key``."""
+def verify_manifest(
+    manifest_bytes: bytes,
+    signature: bytes | None,
+    bundle: Path,
+    trusted_key: str | Path | bytes,
+) -> None:
+    """Raise :class:`BundleSignatureError` unless ``signature`` (the bytes of ``bundle``'s
+    ``manifest.sig``, ``None`` when it has none) is a valid signature of ``manifest_bytes`` by
+    ``trusted_key``. The caller reads each file once and parses the manifest bytes checked here."""
     from cryptography.exceptions import InvalidSignature
 
     public = load_public_key(trusted_key)
-    path = Path(bundle) / SIGNATURE
-    if not path.is_file():
+    if signature is None:
         raise BundleSignatureError(
             f"bundle {bundle} is not signed (no {SIGNATURE}) and a trusted key was given; "
             "export it with --sign"
         )
     try:
-        public.verify(path.read_bytes(), manifest_bytes)
+        public.verify(signature, manifest_bytes)
     except InvalidSignature as err:
         raise BundleSignatureError(
             f"the signature of bundle {bundle} does not verify with the trusted key "

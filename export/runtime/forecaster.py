@@ -25,12 +25,18 @@ import numpy as np
 from timesclip_export.bundle.format import (
     GRAPH_FILES,
     OPTIMIZED_FILES,
+    VISION_FILE,
     check_versions,
     has_onnx_vision,
+    read_bundle_files,
     read_manifest,
-    verify_files,
 )
-from timesclip_export.errors import BundleVersionError, InputError, TimestampError
+from timesclip_export.errors import (
+    BundleSignatureError,
+    BundleVersionError,
+    InputError,
+    TimestampError,
+)
 from timesclip_export.runtime.placement import Placement
 from timesclip_export.runtime.timestamps import read_timestamps
 
@@ -73,12 +79,15 @@ class RollingForecaster:
             is untested.
         onnx_threads: ONNX Runtime's intra-op threads (default: its own, one per core), and the
             rasteriser's on the ONNX path; torch's are set with ``torch.set_num_threads``.
-        verify: check every file's sha256 against the manifest on load.
+        verify: check the folder holds the listed files only and every file's sha256 against
+            the manifest on load. Each file loaded is read once and loaded from the bytes
+            checked, so a file changed after the check is never loaded.
         allow_version_mismatch: warn instead of failing when the libraries differ from the
             exporter's in a way that can change results.
         trusted_key: an Ed25519 public key (PEM file path or bytes): refuse the bundle unless
             its ``manifest.sig`` is a valid signature of its manifest by that key. The manifest
-            holds every file's sha256, so with ``verify`` this covers every file.
+            holds every file's sha256, so this covers every file; ``verify=False`` with a
+            trusted key is refused (:class:`BundleSignatureError`).
 
     Inputs are ``[rows, variates]`` arrays (numpy, torch or a pandas DataFrame whose columns are
     checked by name) of raw values in the manifest's ``inputs`` order: the targets, then any past
@@ -114,15 +123,23 @@ class RollingForecaster:
             raise ValueError(f"vision_dtype must be one of {list(VISION_DTYPES)}")
         if vision not in VISION_PATHS:
             raise ValueError(f"vision must be one of {list(VISION_PATHS)}, got {vision!r}")
+        if trusted_key is not None and not verify:
+            raise BundleSignatureError(
+                "verify=False with a trusted_key: the signature covers the files through their "
+                "checksums, which verify=False skips; keep verify=True to use a trusted key"
+            )
         self.bundle = Path(bundle)
         self.manifest = read_manifest(self.bundle, trusted_key=trusted_key)
         self.signature_checked = trusted_key is not None
-        if verify:
-            verify_files(self.bundle, self.manifest)
         self.vision = _vision_path(
             vision, self.manifest, device, vision_dtype != "float32" or compile_vision
         )
         optimized = optimized and bool(self.manifest["onnx"].get("optimized"))
+        files = OPTIMIZED_FILES if optimized else GRAPH_FILES
+        loaded = [files[part] for part in ("text", "fusion")]
+        loaded.append(files["vision"] if self.vision == "onnx" else VISION_FILE)
+        # Read once, checked, loaded from these bytes: the files on disk are not opened again.
+        contents = read_bundle_files(self.bundle, self.manifest, loaded, verify)
         check_versions(self.manifest, optimized, allow_version_mismatch, vision=self.vision)
         spec = self.manifest["model"]
         self.input_chunk_length: int = spec["input_chunk_length"]
@@ -139,12 +156,11 @@ class RollingForecaster:
         self.batch_size = batch_size
         self.vision_dtype = vision_dtype
         self.onnx_threads = onnx_threads
-        files = OPTIMIZED_FILES if optimized else GRAPH_FILES
         if self.vision == "onnx":
             from timesclip_export.runtime.onnx_engine import OnnxEngine
 
             self._engine: Any = OnnxEngine(
-                self.bundle,
+                contents,
                 self.manifest,
                 files,
                 device,
@@ -155,7 +171,7 @@ class RollingForecaster:
             from timesclip_export.runtime.torch_engine import TorchEngine
 
             self._engine = TorchEngine(
-                self.bundle,
+                contents,
                 self.manifest,
                 files,
                 device,

@@ -10,7 +10,7 @@ provider, or on its CUDA provider when asked for and present (the rasteriser sta
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Mapping
 
 import numpy as np
 from timesclip_export.errors import DeviceError
@@ -51,13 +51,14 @@ def onnx_placement(requested: str | Placement, providers: list[str]) -> Placemen
 
 class OnnxEngine(Engine):
     """The ONNX vision path's :class:`~timesclip_export.runtime.engine.Engine`: the bundle's
-    three ONNX graphs."""
+    three ONNX graphs, opened from ``contents`` (file name -> the bytes the forecaster read and
+    checked)."""
 
     vision = "onnx"
 
     def __init__(
         self,
-        bundle: Path,
+        contents: Mapping[str, bytes],
         manifest: dict,
         graph_files: dict[str, str],
         device: str | Placement,
@@ -72,11 +73,12 @@ class OnnxEngine(Engine):
         super().__init__(manifest, placement, vision_batch, onnx_threads)
         self._sessions = {
             part: open_session(
-                bundle / graph_files[part],
+                contents[graph_files[part]],
                 session_options(onnx_threads),
                 self.placement,
                 None,
                 ort.InferenceSession,
+                name=graph_files[part],
             )
             for part in ("vision", "text", "fusion")
         }

@@ -158,23 +158,29 @@ def verify_providers(
 
 
 def open_session(
-    path: Path,
+    model: Path | bytes,
     options: Any,
     placement: Placement,
     stream: int | None = None,
     factory: Callable[..., Any] | None = None,
+    name: str | None = None,
 ) -> Any:
-    """An ``InferenceSession`` for the graph at ``path`` on ``placement``'s graph device, after
-    checking the provider it started. ``factory`` replaces ``onnxruntime.InferenceSession``
-    (tests pass a fake)."""
+    """An ``InferenceSession`` for ``model`` (the graph's bytes, or its path) on ``placement``'s
+    graph device, after checking the provider it started. The runtime passes the bytes it read
+    and checked, so ONNX Runtime never opens the file itself; ``name`` names the graph in
+    errors (a path's file name by default). ``factory`` replaces
+    ``onnxruntime.InferenceSession`` (tests pass a fake)."""
     if factory is None:
         import onnxruntime
 
         factory = onnxruntime.InferenceSession
+    if name is None:
+        name = "graph" if isinstance(model, bytes) else Path(model).name
     providers = ort_providers_for(placement, stream)
+    source = model if isinstance(model, bytes) else str(model)
     try:
-        session = factory(str(path), options, providers=providers)
+        session = factory(source, options, providers=providers)
     except Exception as err:  # ORT raises its own types for unreadable graphs
-        raise BundleError(f"onnxruntime cannot load {Path(path).name}: {err}") from err
-    verify_providers(session.get_providers(), providers, path)
+        raise BundleError(f"onnxruntime cannot load {name}: {err}") from err
+    verify_providers(session.get_providers(), providers, Path(name))
     return session

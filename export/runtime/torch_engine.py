@@ -15,8 +15,8 @@ once per batch for the fusion graph.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,13 +52,15 @@ class _Buffers:
 
 
 class TorchEngine(Engine):
-    """The torch vision path's :class:`~timesclip_export.runtime.engine.Engine`."""
+    """The torch vision path's :class:`~timesclip_export.runtime.engine.Engine`: the text and
+    fusion graphs and ``vision.pt2``, opened from ``contents`` (file name -> the bytes the
+    forecaster read and checked)."""
 
     vision = "torch"
 
     def __init__(
         self,
-        bundle: Path,
+        contents: Mapping[str, bytes],
         manifest: dict,
         graph_files: dict[str, str],
         device: str | Placement,
@@ -75,9 +77,9 @@ class TorchEngine(Engine):
         self._graph_device = torch.device(placement.graph_device)
         self.vision_dtype = vision_dtype
         self.compile_vision = compile_vision
-        self._text = self._session(bundle / graph_files["text"])
-        self._fusion = self._session(bundle / graph_files["fusion"])
-        program = load_vision_program(bundle / VISION_FILE, str(self.device))
+        self._text = self._session(contents, graph_files["text"])
+        self._fusion = self._session(contents, graph_files["fusion"])
+        program = load_vision_program(contents[VISION_FILE], str(self.device))
         if compile_vision:
             program = torch.compile(program, dynamic=True)
         self._vision = window_vision(program, spec, _AUTOCAST.get(vision_dtype))
@@ -207,12 +209,14 @@ class TorchEngine(Engine):
             )
         return binding
 
-    def _session(self, path: Path) -> ort.InferenceSession:
+    def _session(self, contents: Mapping[str, bytes], name: str) -> ort.InferenceSession:
         stream = None
         if self.placement.ort_device == "cuda":
             stream = torch.cuda.current_stream(self._graph_device).cuda_stream
         options = session_options(self.onnx_threads)
-        return open_session(path, options, self.placement, stream, ort.InferenceSession)
+        return open_session(
+            contents[name], options, self.placement, stream, ort.InferenceSession, name=name
+        )
 
 
 def placement_for(requested: str) -> Placement:

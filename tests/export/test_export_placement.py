@@ -134,6 +134,19 @@ def test_an_unreadable_graph_is_a_bundle_error() -> None:
 
     with pytest.raises(BundleError, match="onnxruntime cannot load t.onnx: .*INVALID_PROTOBUF"):
         open_session(Path("t.onnx"), None, Placement("cpu", "cpu", "t"), factory=broken)
+    with pytest.raises(BundleError, match="onnxruntime cannot load text.onnx: .*INVALID"):
+        open_session(b"\0", None, Placement("cpu", "cpu", "t"), factory=broken, name="text.onnx")
+
+
+def test_a_session_is_opened_from_the_bytes_given() -> None:
+    """The runtime hands ONNX Runtime the bytes it checked, never the path to open again."""
+    fake = FakeSession([CPU_PROVIDER])
+    cpu = Placement("cpu", "cpu", "test")
+    assert open_session(b"graph bytes", None, cpu, factory=fake, name="text.onnx") is fake
+    assert fake.calls[0][0] == b"graph bytes"
+    with pytest.raises(DeviceError, match="did not start CUDAExecutionProvider for fusion.onnx"):
+        cuda = Placement("cuda:0", "cuda:0", "test")
+        open_session(b"graph bytes", None, cuda, stream=1, factory=fake, name="fusion.onnx")
 
 
 # ------------------------------------------------------------------------------ mixed data flow

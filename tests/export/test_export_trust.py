@@ -1,14 +1,18 @@
-"""Trusting a bundle: vision programs that would unpickle on load are refused, and signed
-bundles (``export --sign``, ``keygen``) load only with the right key when a trusted key is
-given (``RollingForecaster(trusted_key=...)``, ``stream --trusted-key``)."""
+"""Trusting a bundle: vision programs that hold anything but a plain exported program are
+refused, files are loaded from the bytes that were checked (a file swapped after the check is
+never loaded), and signed bundles (``export --sign``, ``keygen``) load only with the right key
+when a trusted key is given (``RollingForecaster(trusted_key=...)``, ``stream --trusted-key``)."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import pickle
 import shutil
 import stat
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from timesclip_export.bundle import format as bundle_format
 from timesclip_export.bundle.format import check_program_safe, read_manifest, sha256_file
 from timesclip_export.bundle.signing import SIGNATURE, generate_key_pair, load_public_key
 from timesclip_export.errors import BundleError, BundleSignatureError, ExportError
@@ -135,7 +140,7 @@ def test_other_pickled_constants_are_refused(
     ("name", "message"),
     [
         # Legacy payloads and sample inputs: torch retries with weights_only=False on failure.
-        ("data/constants/model.pt", "data/constants/model.pt, which is not plain tensors"),
+        ("data/constants/model.pt", "data/constants/model.pt, which a plain exported program"),
         ("data/sample_inputs/model.pt", "sample_inputs/model.pt, which is not plain tensors"),
         ("data/aotinductor/model/model.so", "AOTInductor package"),  # native code
     ],
@@ -152,6 +157,146 @@ def test_entries_that_torch_would_unpickle_or_run_are_refused(
     _rewrite(tiny_bundle / "vision.pt2", crafted, drop_same, add=[(name, payload)])
     with pytest.raises(BundleError, match=message):
         check_program_safe(crafted)
+
+
+def _edit_program(edit: Callable[[dict], None]) -> Callable[[str, bytes], bytes]:
+    """An :func:`_rewrite` edit that changes the program's JSON (``models/model.json``)."""
+
+    def rewrite(name: str, data: bytes) -> bytes:
+        if not name.endswith("models/model.json"):
+            return data
+        program = json.loads(data)
+        edit(program)
+        return json.dumps(program).encode()
+
+    return rewrite
+
+
+def _keep(name: str, data: bytes) -> bytes:
+    return data
+
+
+def _guards(program: dict) -> None:
+    program["guards_code"] = ["True"]
+
+
+def _call_torch_load(program: dict) -> None:
+    program["graph_module"]["graph"]["nodes"][0]["target"] = "torch.load"
+
+
+@pytest.mark.parametrize(
+    ("edit", "add", "message"),
+    [
+        (_keep, [("extra/notes.txt", b"hi")], "extra/notes.txt, which a plain exported program"),
+        (_keep, [("data/weights/weight_99", b"\0" * 4)], "weights/weight_99, which a plain"),
+        (_keep, [("archive_format", b"pt2")], r"entries twice \(\['vision/archive_format'\]\)"),
+        (_edit_program(_guards), [], "holds guard code"),
+        (_edit_program(_call_torch_load), [], "calls 'torch.load', not an ATen operator"),
+    ],
+)
+def test_anything_but_a_plain_program_is_refused(
+    tiny_bundle: Path, tmp_path: Path, edit, add, message: str
+) -> None:
+    """The check is an allowlist of what ``torch.export.save`` writes for one plain program:
+    an unknown entry (even a harmless one), a payload no config names, an entry twice (zipfile
+    and torch's reader may read different copies), guard code (``exec`` on ``.module()``) and
+    calls of anything but ATen operators are refused, naming what was found."""
+    crafted = tmp_path / "vision.pt2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name
+        _rewrite(tiny_bundle / "vision.pt2", crafted, edit, add=add)
+    with pytest.raises(BundleError, match=message):
+        check_program_safe(crafted)
+
+
+def test_a_symbolic_size_that_runs_code_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
+    """``torch.export.load`` evaluates every symbolic size with ``sympy.sympify`` (an eval): a
+    program whose size expression is code runs it on load."""
+    marker = tmp_path / "ran"
+    code = f"__import__('pathlib').Path({str(marker)!r}).write_text('ran')"
+
+    def as_code(program: dict) -> None:
+        values = program["graph_module"]["graph"]["sym_int_values"]
+        next(iter(values.values()))["as_expr"]["expr_str"] = code
+
+    crafted = tmp_path / "vision.pt2"
+    _rewrite(tiny_bundle / "vision.pt2", crafted, _edit_program(as_code))
+    with contextlib.suppress(Exception):  # what the check prevents
+        torch.export.load(str(crafted))
+    assert marker.read_text() == "ran"
+    with pytest.raises(BundleError, match=r"symbolic expression .*__import__"):
+        check_program_safe(crafted)
+
+
+# ------------------------------------------------------------------------------ read once
+class _SwapAfterHashing:
+    """Stands in for the bundle reader's ``hashlib``: right after the digest of ``path``'s
+    bytes is taken (the file was read and checked), the file on disk is replaced by
+    ``swapped``. Works whether the reader hashes bytes or streams the file."""
+
+    def __init__(self, path: Path, swapped: bytes) -> None:
+        self.path, self.swapped = path, swapped
+        self.target = hashlib.sha256(path.read_bytes()).hexdigest()
+        self.swaps = 0
+
+    def sha256(self, data: bytes = b"") -> _SwapAfterHashing._Digest:
+        return self._Digest(self, hashlib.sha256(data))
+
+    class _Digest:
+        def __init__(self, owner: _SwapAfterHashing, digest) -> None:
+            self.owner, self.digest = owner, digest
+
+        def update(self, block: bytes) -> None:
+            self.digest.update(block)
+
+        def hexdigest(self) -> str:
+            value = self.digest.hexdigest()
+            if value == self.owner.target and not self.owner.swaps:
+                self.owner.path.write_bytes(self.owner.swapped)
+                self.owner.swaps += 1
+            return value
+
+
+def _malicious_program(bundle: Path, tmp_path: Path) -> bytes:
+    """vision.pt2 with an opaque-object constant that records when unpickled."""
+    crafted = tmp_path / "malicious.pt2"
+    payload = pickle.dumps(Payload(), protocol=2)
+    add = [("data/constants/opaque_obj_0", payload)]
+    _rewrite(bundle / "vision.pt2", crafted, _constant_as("opaque_obj_", flag=False), add=add)
+    return crafted.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("vision", "name", "swapped_with"),
+    [
+        ("onnx", "text.opt.onnx", lambda bundle, tmp: (bundle / "fusion.opt.onnx").read_bytes()),
+        ("torch", "vision.pt2", _malicious_program),
+    ],
+)
+def test_a_file_swapped_after_its_check_is_never_loaded(
+    tiny_bundle: Path,
+    signing_keys,
+    etth1_splits,
+    tmp_path: Path,
+    monkeypatch,
+    vision: str,
+    name: str,
+    swapped_with,
+) -> None:
+    """Whoever can write the bundle folder replaces a file right after the runtime read and
+    checked it: the runtime loads the bytes it checked, so it forecasts as from the original
+    bundle and never opens (or unpickles) the swapped file."""
+    folder = _copy(tiny_bundle, tmp_path)
+    swapped = swapped_with(tiny_bundle, tmp_path)
+    reference = RollingForecaster(tiny_bundle, vision=vision, onnx_threads=1)
+    swapper = _SwapAfterHashing(folder / name, swapped)
+    monkeypatch.setattr(bundle_format, "hashlib", swapper)
+    UNPICKLED.clear()
+    loaded = RollingForecaster(folder, vision=vision, onnx_threads=1, trusted_key=signing_keys[1])
+    assert swapper.swaps == 1 and (folder / name).read_bytes() == swapped  # it was swapped
+    values = etth1_splits.test.values()[:120]
+    np.testing.assert_array_equal(loaded.rolling(values), reference.rolling(values))
+    assert UNPICKLED == []
 
 
 # ------------------------------------------------------------------------------ signatures
@@ -172,7 +317,14 @@ def test_a_signed_bundle_loads_with_its_key(tiny_bundle: Path, signing_keys, ett
     values = etth1_splits.test.values()[:120]
     np.testing.assert_array_equal(signed.rolling(values), unchecked.rolling(values))
     with open(public, "rb") as handle:  # PEM bytes work as well as a path
-        RollingForecaster(tiny_bundle, trusted_key=handle.read(), verify=False)
+        RollingForecaster(tiny_bundle, trusted_key=handle.read())
+
+
+def test_a_trusted_key_without_checksums_is_refused(tiny_bundle: Path, signing_keys) -> None:
+    """The signature covers the files through their checksums: with ``verify=False`` it would
+    cover the manifest alone, yet ``describe()`` would say "signature verified"."""
+    with pytest.raises(BundleSignatureError, match="verify=False with a trusted_key"):
+        RollingForecaster(tiny_bundle, trusted_key=signing_keys[1], verify=False)
 
 
 def test_a_changed_manifest_is_refused(tiny_bundle: Path, signing_keys, tmp_path: Path) -> None:
