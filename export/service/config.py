@@ -31,6 +31,7 @@ class ServeConfig:
     replicas: int = 1
     shards: int = 1
     num_gpus: float = 0.0
+    cpus_per_shard: float = 0.0
     address: str | None = None
     token: str | None = None
     max_request_bytes: int = 8 << 20
@@ -76,6 +77,8 @@ class ServeConfig:
             raise ValueError("--request-timeout must be positive (seconds)")
         if self.num_gpus < 0:
             raise ValueError("--num-gpus must be 0 or more")
+        if not self.cpus_per_shard >= 0:  # also refuses NaN
+            raise ValueError("--cpus-per-shard must be 0 or more")
         if self.max_request_bytes < 1024:
             raise ValueError("--max-request-bytes must be at least 1024")
         if self.max_streams is not None and self.max_streams < 1:
@@ -84,6 +87,12 @@ class ServeConfig:
             raise ValueError("--snapshot-every must be positive (seconds)")
         if self.batch_wait_ms < 0:
             raise ValueError("--batch-wait-ms must be 0 or more")
+
+
+def shard_threads(config: ServeConfig) -> int:
+    """Threads of each shard's torch, numba and ONNX Runtime pools: ``--cpus-per-shard``
+    rounded, at least 1 (0, the default, reserves no core and runs one thread)."""
+    return max(1, round(config.cpus_per_shard))
 
 
 def snapshot_path(config: ServeConfig, index: int) -> Path | None:

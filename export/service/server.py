@@ -53,7 +53,7 @@ def build_app(config: ServeConfig) -> Any:
             num_replicas=1,
             max_ongoing_requests=ongoing,
             max_queued_requests=config.max_queued_requests,  # beyond: 503 at the ingress
-            ray_actor_options={"num_cpus": 0, **gpus},
+            ray_actor_options={"num_cpus": config.cpus_per_shard, **gpus},
             health_check_period_s=5,
         ).bind(values, i)
         for i in range(config.shards)
