@@ -6,6 +6,7 @@ a fault run that kills a shard mid-load.
     python -m benchmarks.bench_serve                     # tiny and small presets (~12 min, CPU)
     python -m benchmarks.bench_serve --preset tiny --bundle bundle/   # an ETTm1 bundle of yours
     python -m benchmarks.bench_serve --smoke       # tiny, 1 and 20 streams, stress, fault: ~2 min
+    python -m benchmarks.bench_serve --overhead    # ingress modes and shard threads only
 
 For each preset it trains a model on ETTm1 (``bench_runtime.train_model``) and exports it with
 its scaler, so the streams send raw rows in the original units; then starts the server in this
@@ -44,6 +45,19 @@ process (``timesclip_export.service.server.start``: a local Ray, Serve's HTTP pr
 
 Only loopback addresses are used. Writes ``benchmarks/results/serve.json`` (``--out``) and
 prints a table.
+
+``--overhead`` runs only the per-request overhead, for each preset: one server (one shard) per
+ingress mode (``--modes``: Serve's HTTP proxy, ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``,
+``RAY_SERVE_ENABLE_HA_PROXY=1``; HAProxy only where its binary is installed) on one thread, and
+per shard thread count (``--threads``, Serve's proxy; 1 is ``--cpus-per-shard 0``, N > 1 is
+``--cpus-per-shard N``), each in a process of its own (Ray Serve reads the switches once): one
+client sending one row a request (latency), ``--stress-clients`` doing so (forecasts/s), and
+``POST /v1/rows`` of ``--bulk`` streams a request over ``--overhead-streams`` streams, each for
+``--overhead-seconds``; then, in this process on as many threads, one row per
+``StreamPool.update`` and the ceiling. Reports the HTTP p50 over the in-process one (goal: 3 ms
+or less), bulk forecasts/s over the ceiling (goal: 80 % or more), the sockets each server
+listened on and the load averages. ``--bundle 'dir/bundle_{preset}'`` names a bundle per
+preset. Writes ``benchmarks/results/serve_overhead.json``.
 """
 
 from __future__ import annotations
@@ -928,7 +942,7 @@ def overhead_loads(spec: dict, port: int, data) -> dict:
         level = drive(port, streams, data, cap, mode, workers, bulk, seconds)
         out[name] = {k: level[k] for k in LOAD_KEYS}
     shard = client.request("GET", "/v1/stats")[1]["shards"][0]
-    out["threads"] = shard.get("threads")
+    out["shard_threads"] = shard.get("threads")  # as the shard reports them
     client.close()
     return out
 
