@@ -6,6 +6,7 @@ a fault run that kills a shard mid-load.
     python -m benchmarks.bench_serve                     # tiny and small presets (~12 min, CPU)
     python -m benchmarks.bench_serve --preset tiny --bundle bundle/   # an ETTm1 bundle of yours
     python -m benchmarks.bench_serve --smoke       # tiny, 1 and 20 streams, stress, fault: ~2 min
+    python -m benchmarks.bench_serve --overhead    # ingress modes and shard threads only
 
 For each preset it trains a model on ETTm1 (``bench_runtime.train_model``) and exports it with
 its scaler, so the streams send raw rows in the original units; then starts the server in this
@@ -45,6 +46,19 @@ process (``timesclip_export.service.server.start``: a local Ray, Serve's HTTP pr
 
 Only loopback addresses are used. Writes ``benchmarks/results/serve.json`` (``--out``) and
 prints a table.
+
+``--overhead`` runs only the per-request overhead, for each preset: one server (one shard) per
+ingress mode (``--modes``: Serve's HTTP proxy, ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``,
+``RAY_SERVE_ENABLE_HA_PROXY=1``; HAProxy only where its binary is installed) on one thread, and
+per shard thread count (``--threads``, Serve's proxy; 1 is ``--cpus-per-shard 0``, N > 1 is
+``--cpus-per-shard N``), each in a process of its own (Ray Serve reads the switches once): one
+client sending one row a request (latency), ``--stress-clients`` doing so (forecasts/s), and
+``POST /v1/rows`` of ``--bulk`` streams a request over ``--overhead-streams`` streams, each for
+``--overhead-seconds``; then, in this process on as many threads, one row per
+``StreamPool.update`` and the ceiling. Reports the HTTP p50 over the in-process one (goal: 3 ms
+or less), bulk forecasts/s over the ceiling (goal: 80 % or more), the sockets each server
+listened on and the load averages. ``--bundle 'dir/bundle_{preset}'`` names a bundle per
+preset. Writes ``benchmarks/results/serve_overhead.json``.
 """
 
 from __future__ import annotations
@@ -69,6 +83,12 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 RESULTS = Path(__file__).resolve().parent / "results"
+# How HTTP reaches the ingress (Ray Serve 2.60's switches, read when Ray starts).
+INGRESS_MODES = {
+    "proxy": {},  # Serve's HTTP proxy actor, then a handle call to the ingress replica
+    "direct": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"},  # the ingress replica serves HTTP itself
+    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},  # HAProxy in front of direct ingress
+}
 INPUT = 96
 HOST = "127.0.0.1"
 
@@ -116,6 +136,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", help="ETT CSV folder (default ../shared/data/ETT)")
     parser.add_argument("--out", help="JSON file (default benchmarks/results/serve.json)")
     parser.add_argument("--smoke", action="store_true", help="tiny, 1 and 20 streams, ~2 min")
+    parser.add_argument(
+        "--overhead",
+        action="store_true",
+        help="only the per-request overhead of each --modes and --threads (serve_overhead.json)",
+    )
+    parser.add_argument(
+        "--modes", nargs="+", choices=list(INGRESS_MODES), default=["proxy", "direct", "haproxy"]
+    )
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[1, 2], help="shard threads compared (proxy)"
+    )
+    parser.add_argument("--overhead-seconds", type=float, default=5.0, help="per overhead load")
+    parser.add_argument("--overhead-streams", type=int, default=200, help="bulk overhead streams")
+    parser.add_argument("--overhead-child", help=argparse.SUPPRESS)  # one server, in a process
     args = parser.parse_args(argv)
     if args.smoke:
         args.preset, args.streams, args.ticks = "tiny", [1, 20], [4, 2]
@@ -874,6 +908,266 @@ def fault_phase(args: argparse.Namespace, service: Service, data, icl: int) -> d
     }
 
 
+# ------------------------------------------------------------------------------ overhead
+def listening_sockets() -> list[str]:
+    """``ss -ltnp`` lines of the sockets this process and its children (Ray) listen on."""
+    import subprocess
+
+    ours = {os.getpid()}
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            parents[int(entry.name)] = int(
+                (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            )
+        except (OSError, IndexError, ValueError):
+            continue
+    grew = True
+    while grew:
+        found = {pid for pid, parent in parents.items() if parent in ours} - ours
+        grew = bool(found)
+        ours |= found
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=False).stdout
+    return [
+        " ".join(line.split()[3:])
+        for line in out.splitlines()
+        if any(f"pid={pid}," in line for pid in ours)
+    ]
+
+
+def http_port(config_port: int, sockets: list[str]) -> int | None:
+    """The port answering ``GET /healthz``: with direct ingress the ingress replica's own (Ray
+    allots it from 30000-31000; Serve's proxy still listens on ``config_port``), else Serve's."""
+    found = {int(line.split()[0].rsplit(":", 1)[1]) for line in sockets}
+    ports = sorted(p for p in found if 30000 <= p <= 31000) + [config_port]
+    for port in ports:
+        try:
+            if Client(port, timeout=5).request("GET", "/healthz")[0] == 200:
+                return port
+        except (OSError, http.client.HTTPException):
+            continue
+    return None
+
+
+def overhead_child(spec_path: str) -> int:
+    """One server (an ingress mode, a thread count) and its three loads; JSON to the spec's
+    ``out``. A process of its own: Ray Serve reads its mode switches once, on import."""
+    spec = json.loads(Path(spec_path).read_text())
+    os.environ.update(INGRESS_MODES[spec["mode"]])
+    from timesclip_export.service import server
+
+    data = load_rows(spec["data_dir"])
+    config = server.ServeConfig(
+        bundle=spec["bundle"],
+        port=free_port(),
+        batch_size=spec["batch_size"],
+        cpus_per_shard=spec["cpus_per_shard"],
+    )
+    result: dict = {"mode": spec["mode"], "cpus_per_shard": spec["cpus_per_shard"]}
+    result["load_average"] = os.getloadavg()
+    started = time.perf_counter()
+    server.start(config, quiet=True)
+    try:
+        result["startup_s"] = round(time.perf_counter() - started, 1)
+        result["listening"] = listening_sockets()
+        port = http_port(config.port, result["listening"])
+        if port is None:
+            result["error"] = "no port answered GET /healthz"
+        else:
+            result["port"] = port
+            result.update(overhead_loads(spec, port, data))
+    finally:
+        server.stop(config)
+    Path(spec["out"]).write_text(json.dumps(result))
+    return 0
+
+
+def overhead_loads(spec: dict, port: int, data) -> dict:
+    """One row a request from one client (latency) and from ``clients`` (throughput, a stream
+    each: ``per_row_clients``), then ``POST /v1/rows`` of ``bulk`` streams a request; each for
+    ``seconds``, closed loop."""
+    client = Client(port)
+    icl = client.request("GET", "/v1/model")[1]["input_chunk_length"]
+    seconds, clients, bulk = spec["seconds"], spec["clients"], spec["bulk"]
+    cap = int(400 * seconds)
+    out: dict = {}
+    loads = {
+        "per_row_1_client": (1, "per_stream", 1),
+        "per_row_clients": (clients, "per_stream", clients),
+        "bulk": (spec["streams"], "bulk", 2),
+    }
+    for name, (n, mode, workers) in loads.items():
+        streams = Streams.make(n, f"oh-{name}", len(data[1]), icl + cap + 2, seed=5)
+        prime(port, streams, data, icl - 1, bulk)
+        drive(port, streams, data, 2, mode, workers, bulk)  # warm-up
+        level = drive(port, streams, data, cap, mode, workers, bulk, seconds)
+        out[name] = {k: level[k] for k in LOAD_KEYS}
+    shard = client.request("GET", "/v1/stats")[1]["shards"][0]
+    out["shard_threads"] = shard.get("threads")  # as the shard reports them
+    client.close()
+    return out
+
+
+LOAD_KEYS = ("streams", "requests", "forecasts_per_s", "p50_ms", "p99_ms", "errors")
+
+
+def in_process(
+    bundle: Path, data, threads: int, streams: int, batch_size: int | None, calls: int = 200
+) -> dict:
+    """The same work without HTTP or Ray, on ``threads`` threads: one row of one stream per
+    ``StreamPool.update`` (latency), and the ceiling (a row of ``streams`` streams a call)."""
+    import torch
+    from timesclip_export.runtime.forecaster import RollingForecaster
+    from timesclip_export.service.stream_pool import StreamPool
+
+    torch.set_num_threads(threads)  # the rasteriser follows onnx_threads on the ONNX path
+    forecaster = RollingForecaster(
+        bundle, device="cpu", batch_size=batch_size or 32, onnx_threads=threads
+    )
+    stamps, values, _ = data
+    icl = forecaster.input_chunk_length
+    pool = StreamPool(forecaster)
+    o = 1000
+    pool.update({"s": {"values": values[o : o + icl - 1], "timestamps": stamps[o : o + icl - 1]}})
+    latencies = []
+    for k in range(icl - 1, icl - 1 + calls):
+        t0 = time.perf_counter()
+        pool.update(
+            {"s": {"values": values[o + k : o + k + 1], "timestamps": stamps[o + k : o + k + 1]}}
+        )
+        latencies.append(time.perf_counter() - t0)
+    ms = np.asarray(latencies[10:]) * 1e3
+    return {
+        "threads": threads,
+        "per_row_p50_ms": float(np.percentile(ms, 50)),
+        "per_row_p99_ms": float(np.percentile(ms, 99)),
+        "ceiling": pool_ceiling(forecaster, data, streams, 4),
+    }
+
+
+def overhead_main(args: argparse.Namespace) -> int:
+    """``--overhead``: for each preset, a server per (mode, threads) in a process of its own,
+    beside the in-process path on as many threads; writes ``serve_overhead.json``."""
+    import shutil
+    import subprocess
+
+    data = load_rows(args.data_dir)
+    presets = ["tiny", "small"] if args.preset == "both" else [args.preset]
+    # --bundle may name a bundle per preset: bundles/bundle_{preset}
+    presets = presets[:1] if args.bundle and "{preset}" not in args.bundle else presets
+    started = time.perf_counter()
+    result: dict = {
+        "config": {k: v for k, v in vars(args).items() if k not in ("out", "data_dir", "port")},
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+        "load_average_start": os.getloadavg(),
+        "goals": {"per_row_p50_overhead_ms": 3.0, "bulk_over_ceiling": 0.8},
+        "presets": [],
+    }
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="bench_overhead_") as scratch:
+        folder = Path(scratch)
+        for preset in presets:
+            bundle = (
+                Path(args.bundle.format(preset=preset))
+                if args.bundle
+                else make_bundle(args, preset, folder)
+            )
+            runs = [("proxy", t) for t in args.threads if "proxy" in args.modes]
+            runs += [(m, min(args.threads)) for m in args.modes if m != "proxy"]
+            servers = []
+            for mode, threads in runs:
+                if mode == "haproxy" and shutil.which("haproxy") is None:
+                    servers.append(
+                        {
+                            "mode": mode,
+                            "threads": threads,
+                            "error": "no haproxy binary: not measurable here",
+                        }
+                    )
+                    continue
+                spec = {
+                    "mode": mode,
+                    "bundle": str(bundle),
+                    "data_dir": args.data_dir,
+                    "batch_size": args.batch_size,
+                    "cpus_per_shard": 0 if threads == 1 else threads,
+                    "seconds": args.overhead_seconds,
+                    "clients": args.stress_clients,
+                    "bulk": args.bulk,
+                    "streams": args.overhead_streams,
+                    "out": str(folder / f"{preset}-{mode}-{threads}.json"),
+                }
+                Path(spec["out"] + ".spec").write_text(json.dumps(spec))
+                child = [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.bench_serve",
+                    "--overhead-child",
+                    spec["out"] + ".spec",
+                ]
+                done = subprocess.run(child, cwd=root, capture_output=True, text=True, timeout=900)
+                if done.returncode or not Path(spec["out"]).is_file():
+                    tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
+                    servers.append({"mode": mode, "threads": threads, "error": " | ".join(tail)})
+                    continue
+                servers.append({"threads": threads, **json.loads(Path(spec["out"]).read_text())})
+            local = {
+                t: in_process(bundle, data, t, args.overhead_streams, args.batch_size)
+                for t in args.threads
+            }
+            for run in servers:
+                ref = local[run["threads"]]
+                if "bulk" in run:
+                    run["per_row_overhead_p50_ms"] = (
+                        run["per_row_1_client"]["p50_ms"] - ref["per_row_p50_ms"]
+                    )
+                    run["bulk_over_ceiling"] = (
+                        run["bulk"]["forecasts_per_s"] / ref["ceiling"]["forecasts_per_s"]
+                    )
+                    run["bulk_forecasts_per_s_per_thread"] = (
+                        run["bulk"]["forecasts_per_s"] / run["threads"]
+                    )
+            result["presets"].append(
+                {"preset": preset, "servers": servers, "in_process": list(local.values())}
+            )
+            print(_overhead_lines(result["presets"][-1]), flush=True)
+    result["load_average_end"] = os.getloadavg()
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    out = Path(args.out) if args.out else RESULTS / "serve_overhead.json"
+    from timesclip_darts.atomic_files import write_text_atomic
+
+    write_text_atomic(out, json.dumps(result, indent=2))
+    print(f"\nwrote {out} ({result['seconds']} s)")
+    return 0
+
+
+def _overhead_lines(run: dict) -> str:
+    """The overhead table of one preset: a line per server, then the in-process references."""
+    lines = [
+        f"\n{run['preset']}: mode     thr  1 client p50/p99 ms  N clients fcst/s  p50 ms  "
+        "bulk fcst/s  p50 ms  overhead p50 ms  bulk/ceiling",
+    ]
+    for s in run["servers"]:
+        if "bulk" not in s:
+            lines.append(f"  {s['mode']:<8} {s['threads']:>3}  {s.get('error')}")
+            continue
+        one, bulk = s["per_row_1_client"], s["bulk"]
+        many = s["per_row_clients"]
+        lines.append(
+            f"  {s['mode']:<8} {s['threads']:>3}  {one['p50_ms']:>8.1f} {one['p99_ms']:>8.1f}  "
+            f"{many['forecasts_per_s']:>16.1f} {many['p50_ms']:>7.1f} "
+            f"{bulk['forecasts_per_s']:>12.1f} {bulk['p50_ms']:>7.1f} "
+            f"{s['per_row_overhead_p50_ms']:>16.1f} {s['bulk_over_ceiling']:>12.2f}"
+        )
+    for ref in run["in_process"]:
+        lines.append(
+            f"  in-process {ref['threads']} thread(s): one row p50 {ref['per_row_p50_ms']:.1f} ms, "
+            f"p99 {ref['per_row_p99_ms']:.1f} ms; ceiling {ref['ceiling']['forecasts_per_s']:.1f} "
+            f"forecasts/s ({ref['ceiling']['streams']} streams)"
+        )
+    return "\n".join(lines)
+
+
 def _level_line(preset: str, level: dict) -> str:
     return (
         f"{preset:<6} {level['streams']:>6} {level['mode']:<10} {level['forecasts_per_s']:>9.1f} "
@@ -976,6 +1270,10 @@ def print_table(result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.filterwarnings("ignore")
+    if args.overhead_child:
+        return overhead_child(args.overhead_child)
+    if args.overhead:
+        return overhead_main(args)
     import dataclasses
 
     import torch

@@ -241,6 +241,13 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> None:
         help="GPUs per shard (fractions share a GPU; default 0)",
     )
     serve.add_argument(
+        "--cpus-per-shard",
+        type=float,
+        default=0.0,
+        help="CPUs Ray reserves for each shard; its torch, numba and ONNX Runtime pools run "
+        "max(1, round(N)) threads (default 0: no reservation, one thread)",
+    )
+    serve.add_argument(
         "--address",
         default=None,
         help="Ray cluster to join ('auto' or HEAD:6379; default: start a local Ray); give this "
@@ -348,6 +355,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         replicas=args.replicas,
         shards=args.shards,
         num_gpus=args.num_gpus,
+        cpus_per_shard=args.cpus_per_shard,
         address=args.address,
         token=token,
         allow_open_cluster=args.allow_open_cluster,

@@ -32,6 +32,7 @@ class ServeConfig:
     replicas: int = 1
     shards: int = 1
     num_gpus: float = 0.0
+    cpus_per_shard: float = 0.0
     address: str | None = None
     # The bearer token is given as ``token`` and kept only as its digest: the config is sent to
     # every replica (and kept in Ray's control store), so the plaintext never leaves this process.
@@ -87,6 +88,8 @@ class ServeConfig:
             raise ValueError("--request-timeout must be positive (seconds)")
         if self.num_gpus < 0:
             raise ValueError("--num-gpus must be 0 or more")
+        if not self.cpus_per_shard >= 0:  # also refuses NaN
+            raise ValueError("--cpus-per-shard must be 0 or more")
         if self.max_request_bytes < 1024:
             raise ValueError("--max-request-bytes must be at least 1024")
         if self.max_streams is not None and self.max_streams < 1:
@@ -100,6 +103,12 @@ class ServeConfig:
 def token_digest(token: str) -> str:
     """The hex SHA-256 of a bearer token: what the ingress compares a presented token's with."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def shard_threads(config: ServeConfig) -> int:
+    """Threads of each shard's torch, numba and ONNX Runtime pools: ``--cpus-per-shard``
+    rounded, at least 1 (0, the default, reserves no core and runs one thread)."""
+    return max(1, round(config.cpus_per_shard))
 
 
 def snapshot_path(config: ServeConfig, index: int) -> Path | None:

@@ -63,7 +63,7 @@ def build_app(config: ServeConfig) -> Any:
             num_replicas=1,
             max_ongoing_requests=ongoing,
             max_queued_requests=config.max_queued_requests,  # beyond: 503 at the ingress
-            ray_actor_options={"num_cpus": 0, **gpus},
+            ray_actor_options={"num_cpus": config.cpus_per_shard, **gpus},
             health_check_period_s=5,
             graceful_shutdown_timeout_s=SHUTDOWN_TIMEOUT_S,  # room for the last snapshot
         ).bind(values, i)

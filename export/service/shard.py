@@ -26,7 +26,12 @@ from typing import Any
 from ray import serve
 from ray.util import metrics
 from timesclip_export.service.api import Forecast
-from timesclip_export.service.config import LATENCY_BOUNDS, ServeConfig, snapshot_path
+from timesclip_export.service.config import (
+    LATENCY_BOUNDS,
+    ServeConfig,
+    shard_threads,
+    snapshot_path,
+)
 
 # A large request's steps wait for the batched requests queued then, for at most this many times
 # its last step's duration: under load it gets 1 / (1 + this) of the shard's time, at least.
@@ -45,18 +50,53 @@ def rss_bytes() -> int | None:
         return None
 
 
+def set_threads(threads: int) -> None:
+    """Run torch's (where the runtime loaded it: the torch vision path) and numba's intra-op
+    pools on ``threads`` threads; numba's count is per thread, so each thread that forecasts
+    calls this. Ray sets only ``OMP_NUM_THREADS`` (from the actor's ``num_cpus``); ONNX Runtime
+    gets its count from the forecaster's ``onnx_threads``."""
+    import sys
+
+    import numba
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
+def thread_settings(forecaster: Any) -> dict[str, int | None]:
+    """The intra-op threads in effect in this thread: torch's (None where torch is not loaded),
+    numba's, and the forecaster's ONNX Runtime sessions' (also its rasteriser's on the ONNX
+    path)."""
+    import sys
+
+    import numba
+
+    torch = sys.modules.get("torch")
+    return {
+        "torch": torch.get_num_threads() if torch is not None else None,
+        "numba": numba.get_num_threads(),
+        "onnxruntime": forecaster.onnx_threads,
+    }
+
+
 def _load_forecaster(config: ServeConfig) -> Any:
-    """The runtime, warmed up (the rasteriser's JIT and ORT's first run take seconds)."""
+    """The runtime on :func:`shard_threads` threads, warmed up (the rasteriser's JIT and ORT's
+    first run take seconds)."""
     import numpy as np
     from timesclip_export.runtime.forecaster import RollingForecaster
 
+    threads = shard_threads(config)
     forecaster = RollingForecaster(
         config.bundle,
         vision=config.vision,
         device=config.device,
         batch_size=config.batch_size,
         trusted_key=config.trusted_key,
+        onnx_threads=threads,
     )
+    set_threads(threads)  # after the runtime's imports: torch only where it loaded torch
     window = np.random.default_rng(0).normal(size=(forecaster.input_chunk_length, 1))
     forecaster.forecast(np.repeat(window, len(forecaster.inputs), axis=1))
     return forecaster
@@ -85,7 +125,12 @@ class Shard:
         self.config = ServeConfig(**config)
         self.index = index
         self.forecaster = _load_forecaster(self.config)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"shard{index}")
+        self._executor = ThreadPoolExecutor(
+            1,
+            thread_name_prefix=f"shard{index}",
+            initializer=set_threads,
+            initargs=(shard_threads(self.config),),
+        )
         self._path = snapshot_path(self.config, index)
         kwargs = {"max_streams": self.config.max_streams, "batch_size": self.config.batch_size}
         self.pool, aside = open_pool(self._path, self.forecaster, **kwargs)
@@ -345,6 +390,7 @@ class Shard:
                 "batch_requests": _summary(self._batches),
                 "batch_windows": _summary(self._windows),
                 "device": self.forecaster.describe(),
+                "threads": thread_settings(self.forecaster),
             }
 
         return await self._run(read)

@@ -340,6 +340,13 @@ def test_rows_for_many_streams_in_one_request_answer_per_stream(
         0: True,
         1: True,
     }
+    for shard in stats["shards"]:  # --cpus-per-shard 0 (the default): one thread each
+        threads = shard["threads"]
+        assert (threads["numba"], threads["onnxruntime"], threads["torch"] in (1, None)) == (
+            1,
+            1,
+            True,
+        )
 
 
 def test_stateless_windows_get_the_runtimes_forecast(server: Server, ett, runtime) -> None:
