@@ -7,6 +7,7 @@ a fault run that kills a shard mid-load.
     python -m benchmarks.bench_serve --preset tiny --bundle bundle/   # an ETTm1 bundle of yours
     python -m benchmarks.bench_serve --smoke       # tiny, 1 and 20 streams, stress, fault: ~2 min
     python -m benchmarks.bench_serve --overhead    # ingress modes and shard threads only
+    python -m benchmarks.bench_serve --fault-only  # SIGKILL of a shard, SIGTERM of the service
 
 For each preset it trains a model on ETTm1 (``bench_runtime.train_model``) and exports it with
 its scaler, so the streams send raw rows in the original units; then starts the server in this
@@ -121,6 +122,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fault-tick-s", type=float, default=1.0, help="seconds per row")
     parser.add_argument("--snapshot-every", type=float, default=2.0)
     parser.add_argument("--no-fault", action="store_true", help="skip the fault run")
+    parser.add_argument(
+        "--fault-only", action="store_true", help="only the fault run (serve_fault.json)"
+    )
     parser.add_argument("--stress-seconds", type=float, default=20.0, help="per stress phase")
     parser.add_argument(
         "--stress-clients", type=int, default=16, help="small stress clients, a stream each"
@@ -798,7 +802,8 @@ def fault_phase(args: argparse.Namespace, service: Service, data, icl: int) -> d
     streams = Streams.make(n, "fault", len(values), icl + ticks + 1, seed=7)
     timed = [i % 2 == 0 for i in range(n)]
     received: dict[str, dict[int, list]] = {name: {} for name in streams.names}
-    log: dict = {"503": 0, "refused": 0, "409_behind": 0, "409_seen": 0, "ahead": 0, "other": []}
+    log: dict = {"503": 0, "refused": 0, "404": 0, "409_behind": 0, "409_seen": 0, "ahead": 0}
+    log["other"] = []
     lock = threading.Lock()
     workers = min(args.clients, n)
     tick_done = [0] * workers
@@ -830,10 +835,12 @@ def fault_phase(args: argparse.Namespace, service: Service, data, icl: int) -> d
                     streams.sent[i] = position
                 elif status in (0, 503):
                     log["503" if status else "refused"] += 1
+                elif status == 404 and "raw" in out:  # Serve's proxy: the app is not deployed
+                    log["404"] += 1
                 else:
                     log["other"].append(f"{status} {str(out)[:200]}")
                     return
-            if status in (0, 503):
+            if status in (0, 503) or (status == 404 and "raw" in out):
                 time.sleep(0.25)
 
     def worker(w: int, mine: list[int]) -> None:
@@ -899,6 +906,7 @@ def fault_phase(args: argparse.Namespace, service: Service, data, icl: int) -> d
         "by_kind": counts,
         "retries_503": log["503"],
         "retries_refused_connection": log["refused"],
+        "retries_404_not_deployed": log["404"],
         "conflicts_409_stream_behind": log["409_behind"],
         "conflicts_409_already_seen": log["409_seen"],
         "rows_landed_unanswered": log["ahead"],
@@ -1261,10 +1269,38 @@ def print_table(result: dict) -> None:
             f"{fault['expected_forecasts']} forecasts expected, lost {fault['lost_forecasts']}, "
             f"duplicated {fault['duplicated_forecasts']} (differing "
             f"{fault['duplicates_differing']}); {kinds}; retries: 503 {fault['retries_503']}, "
-            f"refused connection {fault['retries_refused_connection']}; 409 behind "
+            f"refused connection {fault['retries_refused_connection']}, Serve's 404 "
+            f"{fault['retries_404_not_deployed']}; 409 behind "
             f"{fault['conflicts_409_stream_behind']}, already seen "
             f"{fault['conflicts_409_already_seen']}; other errors {fault['other_errors']}"
         )
+
+
+def fault_main(args: argparse.Namespace) -> int:
+    """``--fault-only``: the fault run alone, on ``--bundle`` or a tiny model trained here;
+    writes ``serve_fault.json``. Exit 1 on a lost forecast or an unexpected error."""
+    from timesclip_export.bundle.format import library_versions
+
+    from timesclip_darts.atomic_files import write_text_atomic
+
+    data = load_rows(args.data_dir)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench_fault_") as scratch:
+        folder = Path(scratch)
+        bundle = Path(args.bundle) if args.bundle else make_bundle(args, "tiny", folder)
+        fault = fault_run(args, bundle, data, folder)
+    result = {
+        "config": {k: v for k, v in vars(args).items() if k not in ("out", "data_dir", "port")},
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+        "versions": library_versions(),
+        "fault": fault,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    print_table({"presets": [], "fault": fault})
+    out = Path(args.out) if args.out else RESULTS / "serve_fault.json"
+    write_text_atomic(out, json.dumps(result, indent=2))
+    print(f"\nwrote {out} ({result['seconds']} s)")
+    return 1 if fault["lost_forecasts"] or fault["other_errors"] else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1274,6 +1310,8 @@ def main(argv: list[str] | None = None) -> int:
         return overhead_child(args.overhead_child)
     if args.overhead:
         return overhead_main(args)
+    if args.fault_only:
+        return fault_main(args)
     import dataclasses
 
     import torch

@@ -243,9 +243,10 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--cpus-per-shard",
         type=float,
-        default=0.0,
+        default=None,
         help="CPUs Ray reserves for each shard; its torch, numba and ONNX Runtime pools run "
-        "max(1, round(N)) threads (default 0: no reservation, one thread)",
+        "max(1, round(N)) threads (0: no reservation, one thread; default: this machine's "
+        "cores / --shards on a local Ray, 1 with --address)",
     )
     serve.add_argument(
         "--address",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import InitVar, dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ class ServeConfig:
     replicas: int = 1
     shards: int = 1
     num_gpus: float = 0.0
-    cpus_per_shard: float = 0.0
+    cpus_per_shard: float | None = None  # None: local_cpus() // shards on a local Ray, else 1
     address: str | None = None
     # The bearer token is given as ``token`` and kept only as its digest: the config is sent to
     # every replica (and kept in Ray's control store), so the plaintext never leaves this process.
@@ -88,6 +89,8 @@ class ServeConfig:
             raise ValueError("--request-timeout must be positive (seconds)")
         if self.num_gpus < 0:
             raise ValueError("--num-gpus must be 0 or more")
+        if self.cpus_per_shard is None:
+            self.cpus_per_shard = 1 if self.address else max(1, local_cpus() // self.shards)
         if not self.cpus_per_shard >= 0:  # also refuses NaN
             raise ValueError("--cpus-per-shard must be 0 or more")
         if self.max_request_bytes < 1024:
@@ -105,10 +108,18 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def local_cpus() -> int:
+    """The cores this process may run on (its affinity, else the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def shard_threads(config: ServeConfig) -> int:
     """Threads of each shard's torch, numba and ONNX Runtime pools: ``--cpus-per-shard``
-    rounded, at least 1 (0, the default, reserves no core and runs one thread)."""
-    return max(1, round(config.cpus_per_shard))
+    rounded, at least 1 (0 reserves no core and runs one thread)."""
+    return max(1, round(config.cpus_per_shard or 0))
 
 
 def snapshot_path(config: ServeConfig, index: int) -> Path | None:

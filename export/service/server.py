@@ -28,6 +28,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -46,8 +47,11 @@ from timesclip_export.service.shard import SHUTDOWN_TIMEOUT_S, Shard
 
 __all__ = ["ServeConfig", "build_app", "drain_all", "run_server", "snapshot_all", "start", "stop"]
 logger = logging.getLogger("timesclip_export.service.server")
-# Seconds Serve's shutdown may take before Ray is stopped regardless (a local Ray only).
+# Seconds Serve's shutdown may take before Ray is stopped regardless.
 _TEARDOWN_TIMEOUT_S = 60
+# Seconds between the shards' drain and the removal of the application: the answers of the last
+# changes are on their way from the ingress through Serve's proxy, which stops with the app.
+_ANSWER_GRACE_S = 1.0
 
 
 def build_app(config: ServeConfig) -> Any:
@@ -182,6 +186,7 @@ def stop(config: ServeConfig) -> None:
     this process started."""
     try:
         drain_all(config)
+        time.sleep(_ANSWER_GRACE_S)
     finally:
         _teardown(config)
 

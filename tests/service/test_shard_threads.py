@@ -6,12 +6,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from timesclip_export.service.config import ServeConfig, shard_threads
+from timesclip_export.service.config import ServeConfig, local_cpus, shard_threads
 
 
 @pytest.mark.parametrize(("cpus", "threads"), [(0, 1), (0.4, 1), (1, 1), (2, 2), (2.6, 3)])
 def test_shard_threads_are_the_rounded_cpus_at_least_one(cpus: float, threads: int) -> None:
     assert shard_threads(ServeConfig(bundle="b", cpus_per_shard=cpus)) == threads
+
+
+def test_the_default_splits_the_local_cores_between_shards() -> None:
+    for shards in (1, 2, 64):
+        options = ServeConfig(bundle="b", shards=shards)
+        options.check()
+        assert options.cpus_per_shard == max(1, local_cpus() // shards)
+    joining = ServeConfig(bundle="b", address="auto")
+    joining.check()
+    assert joining.cpus_per_shard == 1
 
 
 @pytest.mark.parametrize("cpus", [-1, -0.5, float("nan")])
