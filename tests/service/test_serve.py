@@ -570,23 +570,102 @@ def test_metrics_count_forecasts_refusals_and_batches(server: Server, ett) -> No
     assert failing == []
 
 
-def test_a_restart_continues_the_streams_from_the_snapshot(server: Server, ett, runtime) -> None:
-    """Stop (the shards write their snapshots), start again with the same --snapshot-dir: the
-    next row of a stream forecasts at once, as the runtime continuing the stream does."""
+STREAMS = 20
+
+
+def _position_body(ett: pd.DataFrame, start: int, rows: int, timed: bool, position: int) -> dict:
+    """Rows ``start..start + rows`` of ETTh1 sent from ``position`` (untimed: no timestamps)."""
+    part = ett.iloc[start : start + rows]
+    body: dict = {"values": {c: part[c].tolist() for c in ETTH1_COLUMNS}, "from": position}
+    if timed:
+        body["timestamps"] = part["date"].tolist()
+    return body
+
+
+def test_sigterm_under_load_keeps_every_acknowledged_row_and_no_refused_one(
+    server: Server, ett: pd.DataFrame, runtime
+) -> None:
+    """Rows go to 20 streams (timed and untimed) without pause; SIGTERM mid-load. The shards
+    answer 503 while they drain and snapshot; after a restart with the same --snapshot-dir each
+    stream holds exactly the rows the client saw acknowledged (a request cut off without an
+    answer may or may not have landed), the client's loop continues every stream from the
+    position it is told, and a full stream's next row forecasts at once, as the runtime
+    continuing the stream does."""
     forecaster = runtime()
-    stream = "restart-me"
-    status, _ = server.request("POST", f"/v1/streams/{stream}/rows", rows_body(ett, 2000, 2100))
+    full = "restart-me"  # a whole window before the stop
+    status, _ = server.request("POST", f"/v1/streams/{full}/rows", rows_body(ett, 2000, 2100))
     assert status == 200
     expected(forecaster, ett, 2000, 2100)
-    assert server.stop() == 0
-    assert sorted(p.name for p in server.snapshots.glob("shard-*.snapshot")) == [
-        f"shard-{i}-of-{SHARDS}.snapshot" for i in range(SHARDS)
-    ]
+    names = [f"drain-{'t' if i % 2 else 'u'}{i}" for i in range(STREAMS)]
+    acked = dict.fromkeys(names, 0)  # the position of the last 200
+    unsure: dict[str, int] = {}  # rows of a request that got no answer at all
+    statuses: list[int] = []
+    problems: list[str] = []  # a thread's failed assertion would not reach pytest
+    stop = threading.Event()
+
+    def client(mine: list[str]) -> None:
+        while not stop.is_set():
+            for name in mine:
+                if name in unsure:
+                    continue
+                rows = 1 + acked[name] % 3
+                body = _position_body(ett, acked[name], rows, "-t" in name, acked[name])
+                try:
+                    status, out = server.request(
+                        "POST", f"/v1/streams/{name}/rows", body, timeout=30
+                    )
+                except OSError:
+                    unsure[name] = rows
+                    continue
+                statuses.append(status)
+                if status == 200:
+                    if out["position"] != acked[name] + rows:
+                        problems.append(f"{name}: {acked[name]} + {rows} rows -> {out}")
+                    acked[name] = out["position"]
+                else:
+                    if status != 503 or out["error"]["code"] not in ("draining", "unavailable"):
+                        problems.append(f"{name}: {status} {out}")
+                    time.sleep(0.05)
+
+    threads = [threading.Thread(target=client, args=(names[k::4],)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while sum(acked.values()) < 3 * STREAMS and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sum(acked.values()) >= 3 * STREAMS, f"too slow: {acked}"
+        assert server.stop() == 0  # SIGTERM while the clients keep sending
+        assert "stopping: draining" in server.log_path.read_text()
+        assert sorted(p.name for p in server.snapshots.glob("shard-*.snapshot")) == [
+            f"shard-{i}-of-{SHARDS}.snapshot" for i in range(SHARDS)
+        ]
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    assert problems == [] and statuses.count(200) >= STREAMS
     server.start()
-    status, info = server.request("GET", f"/v1/streams/{stream}")
+    status, info = server.request("GET", f"/v1/streams/{full}")
     assert status == 200 and pd.Timestamp(info["last_time"]) == pd.Timestamp(ett["date"].iloc[2099])
-    status, out = server.request("POST", f"/v1/streams/{stream}/rows", rows_body(ett, 2100, 2101))
-    assert status == 200 and len(out["forecasts"]) == 1
+    body = rows_body(ett, 2100, 2101, **{"from": 100})
+    status, out = server.request("POST", f"/v1/streams/{full}/rows", body)
+    assert status == 200 and out["position"] == 101 and len(out["forecasts"]) == 1
     np.testing.assert_allclose(
         as_array(out["forecasts"]), expected(forecaster, ett, 2100, 2101), atol=1e-5, rtol=0
     )
+    for name in names:
+        status, info = server.request("GET", f"/v1/streams/{name}")
+        assert status == 200, (name, info)
+        landed = {acked[name], acked[name] + unsure.get(name, 0)}
+        assert info["position"] in landed, (name, info, acked[name], unsure.get(name))
+        # The client's loop: it sends from where it believes the stream is; a 409 names the
+        # server's position, from which it re-sends.
+        believed = acked[name] + unsure.get(name, 0)
+        body = _position_body(ett, believed, 1, "-t" in name, believed)
+        status, out = server.request("POST", f"/v1/streams/{name}/rows", body)
+        if info["position"] != believed:
+            assert status == 409 and out["error"]["position"] == info["position"], out
+            body = _position_body(ett, info["position"], 1, "-t" in name, info["position"])
+            status, out = server.request("POST", f"/v1/streams/{name}/rows", body)
+        assert status == 200 and out["position"] == info["position"] + 1, out
