@@ -28,14 +28,13 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``make test``: ``--dist loadgroup``) a module's tests run on one
     worker, so a module's fixtures (a tracking server, trained models) are built once; the
-    modules that start real servers (``tests/service/test_serve*``) share one worker, so the
-    session runs one real server and never two Ray clusters at once."""
+    service tests share one worker, so the session runs one real server."""
     if "PYTEST_XDIST_WORKER" not in os.environ:  # only workers collect under xdist
         return
     groups: dict[str, list[pytest.Item]] = {}
     for item in items:
         module = item.nodeid.split("::")[0]
-        group = "service" if module.startswith("tests/service/test_serve") else module
+        group = "service" if module.startswith("tests/service/") else module
         item.add_marker(pytest.mark.xdist_group(group))
         groups.setdefault(group, []).append(item)
     # Groups are handed out in this order: those holding integration tests (servers, process
