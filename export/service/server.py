@@ -245,6 +245,7 @@ def run_server(config: ServeConfig) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         start(config, on_ray_up=on_ray_up)
+        interruptible.clear()  # inside the try: a signal up to here is handled below
     except BaseException as err:
         _restore(previous)
         # A signal: ours (_Interrupted, which Ray's compiled code may re-raise as another
@@ -254,37 +255,42 @@ def run_server(config: ServeConfig) -> int:
         _teardown(config)  # a no-op unless the signal came just after start() returned
         print("stopped during start-up", file=sys.stderr, flush=True)
         return 0
-    interruptible.clear()
-    if stopping.is_set():  # a signal between the deployment and here
-        _restore(previous)
-        stop(config)
-        print("stopped", file=sys.stderr, flush=True)
-        return 0
     try:
-        where = f"http://{config.host}:{config.port}"
-        print(
-            f"serving {config.bundle} at {where} (shards: {config.shards}, replicas: "
-            f"{config.replicas}, device: {config.device}, auth: "
-            f"{'bearer token' if config.token_sha256 else 'none'}, snapshots: "
-            f"{config.snapshot_dir or 'none'}); Ctrl-C stops",
-            flush=True,
-        )
-        if config.metrics_port and not config.address:
-            print(
-                f"metrics: http://127.0.0.1:{config.metrics_port}/metrics (ray_timesclip_serve_*)",
-                flush=True,
-            )
-        while not stopping.wait(0.5):
-            pass
+        if not stopping.is_set():  # else a signal came between the deployment and here
+            _serve_until_stopped(config, stopping)
         print(
             "stopping: draining, then writing snapshots" if config.snapshot_dir else "stopping",
             flush=True,
         )
     finally:
-        _restore(previous)
-        stop(config)
+        # While draining: Ctrl-C again interrupts the drain (Ray is still stopped), a repeated
+        # SIGTERM is ignored, so that it cannot kill the process before Ray is stopped.
+        signal.signal(signal.SIGINT, previous[signal.SIGINT])
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            stop(config)
+        finally:
+            _restore(previous)
     print("stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def _serve_until_stopped(config: ServeConfig, stopping: threading.Event) -> None:
+    where = f"http://{config.host}:{config.port}"
+    print(
+        f"serving {config.bundle} at {where} (shards: {config.shards}, replicas: "
+        f"{config.replicas}, device: {config.device}, auth: "
+        f"{'bearer token' if config.token_sha256 else 'none'}, snapshots: "
+        f"{config.snapshot_dir or 'none'}); Ctrl-C stops",
+        flush=True,
+    )
+    if config.metrics_port and not config.address:
+        print(
+            f"metrics: http://127.0.0.1:{config.metrics_port}/metrics (ray_timesclip_serve_*)",
+            flush=True,
+        )
+    while not stopping.wait(0.5):
+        pass
 
 
 def _restore(handlers: dict) -> None:
