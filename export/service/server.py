@@ -141,7 +141,7 @@ def start(
             logging_config={"enable_access_log": config.access_log},
         )
     except BaseException:
-        _teardown(config)
+        _abort(config)
         raise
 
 
@@ -166,13 +166,17 @@ def snapshot_all(config: ServeConfig, timeout_s: float = 120) -> list[str | None
     return [r.result(timeout_s=timeout_s) for r in responses]
 
 
-def drain_all(config: ServeConfig, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> list[str | None]:
-    """Drain every shard (:meth:`Shard.drain`): new changes get 503 ``draining``, the ones in
-    flight finish, the snapshot is written. A shard that cannot be reached is logged and
-    skipped (its last periodic snapshot stands)."""
-    responses = [handle.drain.remote() for handle in shard_handles(config)]
+def drain_all(
+    config: ServeConfig, timeout_s: float = SHUTDOWN_TIMEOUT_S, shards: list[int] | None = None
+) -> list[str | None]:
+    """Drain every shard, or those listed (:meth:`Shard.drain`): new changes get 503
+    ``draining``, the ones in flight finish, the snapshot is written. A shard that cannot be
+    reached is logged and skipped (its last periodic snapshot stands)."""
+    handles = shard_handles(config)
+    indices = range(config.shards) if shards is None else shards
+    responses = {index: handles[index].drain.remote() for index in indices}
     written: list[str | None] = []
-    for index, response in enumerate(responses):
+    for index, response in responses.items():
         try:
             written.append(response.result(timeout_s=timeout_s))
         except Exception as err:
@@ -189,6 +193,33 @@ def stop(config: ServeConfig) -> None:
         time.sleep(_ANSWER_GRACE_S)
     finally:
         _teardown(config)
+
+
+def _serving_shards(config: ServeConfig) -> list[int]:
+    """The shards whose replica is up, and so may have acknowledged rows (Serve's status)."""
+    try:
+        app = serve.status().applications.get(APP_NAME)
+    except Exception:  # Serve is not (or no longer) reachable: nothing of ours serves
+        return []
+    deployments = {} if app is None else app.deployments
+    return [
+        i
+        for i in range(config.shards)
+        if getattr(deployments.get(f"Shard{i}"), "status", None) == "HEALTHY"
+    ]
+
+
+def _abort(config: ServeConfig) -> None:
+    """Stop after a failure or a signal during start-up: the shards already serving (a request
+    may have been answered before the deployment finished) drain first, then everything
+    started is removed."""
+    import ray
+
+    if ray.is_initialized():
+        serving = _serving_shards(config)
+        if serving:
+            drain_all(config, shards=serving)
+    _teardown(config)
 
 
 def _teardown(config: ServeConfig) -> None:
@@ -252,7 +283,7 @@ def run_server(config: ServeConfig) -> int:
         # error) or Ray's own SIGTERM handler while Ray starts (SystemExit).
         if not (stopping.is_set() or isinstance(err, SystemExit)):
             raise
-        _teardown(config)  # a no-op unless the signal came just after start() returned
+        _abort(config)  # a no-op unless the signal came just after start() returned
         print("stopped during start-up", file=sys.stderr, flush=True)
         return 0
     try:
