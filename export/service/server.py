@@ -278,12 +278,16 @@ def run_server(config: ServeConfig) -> int:
         start(config, on_ray_up=on_ray_up)
         interruptible.clear()  # inside the try: a signal up to here is handled below
     except BaseException as err:
-        _restore(previous)
         # A signal: ours (_Interrupted, which Ray's compiled code may re-raise as another
         # error) or Ray's own SIGTERM handler while Ray starts (SystemExit).
         if not (stopping.is_set() or isinstance(err, SystemExit)):
+            _restore(previous)
             raise
-        _abort(config)  # a no-op unless the signal came just after start() returned
+        _while_stopping(previous)
+        try:
+            _abort(config)  # a no-op unless the signal came just after start() returned
+        finally:
+            _restore(previous)
         print("stopped during start-up", file=sys.stderr, flush=True)
         return 0
     try:
@@ -294,10 +298,7 @@ def run_server(config: ServeConfig) -> int:
             flush=True,
         )
     finally:
-        # While draining: Ctrl-C again interrupts the drain (Ray is still stopped), a repeated
-        # SIGTERM is ignored, so that it cannot kill the process before Ray is stopped.
-        signal.signal(signal.SIGINT, previous[signal.SIGINT])
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _while_stopping(previous)
         try:
             stop(config)
         finally:
@@ -322,6 +323,14 @@ def _serve_until_stopped(config: ServeConfig, stopping: threading.Event) -> None
         )
     while not stopping.wait(0.5):
         pass
+
+
+def _while_stopping(previous: dict) -> None:
+    """Signals while draining and stopping: Ctrl-C again interrupts the drain (Ray is still
+    stopped), a repeated SIGTERM is ignored, so that it cannot end the process before Ray is
+    stopped."""
+    signal.signal(signal.SIGINT, previous[signal.SIGINT])
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _restore(handlers: dict) -> None:
