@@ -81,6 +81,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.bench_gpu import percentiles
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -358,7 +360,7 @@ def drive(
     for thread in threads:
         thread.join(timeout=1800)
     elapsed = time.perf_counter() - start
-    ms = np.asarray(latencies) * 1e3 if latencies else np.zeros(1)
+    latency = percentiles(latencies or [0.0])
     return {
         "mode": mode,
         "streams": n,
@@ -371,8 +373,8 @@ def drive(
         "seconds": elapsed,
         "forecasts_per_s": forecasts[0] / elapsed,
         "requests_per_s": len(latencies) / elapsed,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
+        "p50_ms": latency["p50_ms"],
+        "p99_ms": latency["p99_ms"],
         "errors": len(errors),
         "error_sample": errors[:3],
     }
@@ -442,13 +444,13 @@ def one_at_a_time(forecaster, data, n_streams: int, calls: int, seed: int = 1) -
         made += len(out)
         states[i] = _state(forecaster)
     seconds = time.perf_counter() - start
-    ms = np.asarray(latencies) * 1e3
+    latency = percentiles(latencies)
     return {
         "calls": calls,
         "forecasts": made,
         "forecasts_per_s": made / seconds,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
+        "p50_ms": latency["p50_ms"],
+        "p99_ms": latency["p99_ms"],
     }
 
 
@@ -1044,11 +1046,11 @@ def in_process(
             {"s": {"values": values[o + k : o + k + 1], "timestamps": stamps[o + k : o + k + 1]}}
         )
         latencies.append(time.perf_counter() - t0)
-    ms = np.asarray(latencies[10:]) * 1e3
+    latency = percentiles(latencies[10:])
     return {
         "threads": threads,
-        "per_row_p50_ms": float(np.percentile(ms, 50)),
-        "per_row_p99_ms": float(np.percentile(ms, 99)),
+        "per_row_p50_ms": latency["p50_ms"],
+        "per_row_p99_ms": latency["p99_ms"],
         "ceiling": pool_ceiling(forecaster, data, streams, 4),
     }
 

@@ -292,12 +292,17 @@ def check_program_safe(source: Path | bytes, name: str = VISION_FILE) -> None:
     unknown entry, an AOTInductor package, pickled or opaque/custom objects, sample inputs that
     do not load with ``weights_only=True``) is refused with a :class:`BundleError` naming it.
     ``source`` is the archive's bytes (or a path, read once)."""
-    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    data = _archive_bytes(source)
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             _check_archive(name, archive)
     except zipfile.BadZipFile as err:
         raise BundleError(f"{name} is not a torch.export archive ({err})") from err
+
+
+def _archive_bytes(source: Path | bytes) -> bytes:
+    """An archive given as its bytes or as a path (read once)."""
+    return source if isinstance(source, bytes) else Path(source).read_bytes()
 
 
 def _check_archive(name: str, archive: zipfile.ZipFile) -> None:
@@ -429,7 +434,7 @@ def load_vision_program(source: Path | bytes, device: str, name: str = VISION_FI
     import torch
     import torch.export.passes
 
-    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    data = _archive_bytes(source)
     check_program_safe(data, name)
     program = torch.export.load(io.BytesIO(data))
     if device != "cpu":
